@@ -1,0 +1,34 @@
+# fedloom: `make demo` runs the main job, `make test` runs the tests; each installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Dev extras and the CPU build of PyTorch (torch>=2.2,<2.14 admits the local 2.13.0 CPU wheel).
+EXTRAS ?= torch,dev
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-$(subst ,,$(EXTRAS)): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed-$(subst ,,$(EXTRAS))
+
+demo: install
+	$(BIN)/fedloom simulate examples/demo.toml --out runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

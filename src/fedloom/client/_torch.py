@@ -1,0 +1,175 @@
+"""A trainer for any PyTorch ``nn.Module``.
+
+One model object serves every client: parameters are copied in from the flat vector before each
+fit or evaluation and read back out after it. PyTorch is imported when a trainer is made, so the
+rest of fedloom works without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedloom.client._trainer import EvalResult, FitResult, setting
+from fedloom.data import ArrayData
+from fedloom.messages import Config
+from fedloom.params import ParamSpec, Vector
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["TorchTrainer"]
+
+OptimizerFactory = Callable[["Iterable[torch.nn.Parameter]", float], "torch.optim.Optimizer"]
+
+
+class TorchTrainer:
+    """Trains a PyTorch model with minibatch gradient descent on a client's arrays.
+
+    Parameters
+    ----------
+    model_fn
+        Builds the model; called once here (and again by :meth:`init_parameters`).
+    input_shape
+        Per-example shape the model takes, e.g. ``(1, 28, 28)``; rows of ``ArrayData.x`` are
+        reshaped to it. ``None`` feeds the flat rows.
+    loss_fn
+        Maps (outputs, labels) to a mean loss; cross-entropy by default.
+    optimizer
+        Maps (parameters, lr) to a fresh optimizer each fit; SGD with ``momentum`` by default.
+    lr, momentum, local_epochs, batch_size
+        Defaults; an instruction's ``lr``, ``local_epochs`` and ``batch_size`` override them.
+
+    Every floating-point tensor of the model's ``state_dict`` (parameters and buffers such as
+    batch-norm statistics) travels in the vector; integer buffers stay on the client.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> trainer = TorchTrainer(lambda: nn.Linear(4, 3), lr=0.1)
+    >>> trainer.spec.size
+    15
+    """
+
+    def __init__(
+        self,
+        model_fn: Callable[[], nn.Module],
+        *,
+        input_shape: tuple[int, ...] | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        optimizer: OptimizerFactory | None = None,
+        lr: float = 0.05,
+        momentum: float = 0.0,
+        local_epochs: int = 1,
+        batch_size: int = 32,
+    ) -> None:
+        import torch
+
+        self._torch = torch
+        self._model_fn = model_fn
+        self._model = model_fn()
+        self._input_shape = input_shape
+        self._loss_fn = loss_fn if loss_fn is not None else torch.nn.functional.cross_entropy
+        self._optimizer = optimizer
+        self._momentum = momentum
+        self._defaults = {"lr": lr, "local_epochs": local_epochs, "batch_size": batch_size}
+        state = self._model.state_dict()
+        names = [k for k, v in state.items() if v.is_floating_point()]
+        self._tensors = [state[k] for k in names]
+        self._spec = ParamSpec(
+            tuple(names),
+            tuple(tuple(t.shape) for t in self._tensors),
+            tuple(str(t.dtype).removeprefix("torch.") for t in self._tensors),
+        )
+
+    @property
+    def spec(self) -> ParamSpec:
+        return self._spec
+
+    @property
+    def model(self) -> nn.Module:
+        """The model object; holds whichever parameters were last loaded."""
+        return self._model
+
+    def init_parameters(self, seed: int) -> Vector:
+        with self._torch.random.fork_rng():
+            self._torch.manual_seed(seed)
+            fresh = self._model_fn()
+        state = fresh.state_dict()
+        return self._spec.pack({k: state[k].detach().numpy() for k in self._spec.names})
+
+    def load(self, parameters: Vector) -> None:
+        """Copy a parameter vector into the model."""
+        vec = self._spec.check(parameters)
+        flat = self._torch.from_numpy(vec if vec.flags.writeable else vec.copy())
+        offset = 0
+        with self._torch.no_grad():
+            for tensor, n in zip(self._tensors, self._spec.sizes, strict=True):
+                tensor.copy_(flat[offset : offset + n].view_as(tensor))
+                offset += n
+
+    def parameters(self) -> Vector:
+        """The model's current parameters as a new vector."""
+        with self._torch.no_grad():
+            flat = self._torch.cat([t.reshape(-1).float() for t in self._tensors])
+        out: Vector = flat.numpy()
+        return out
+
+    def _tensors_of(self, data: ArrayData) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
+        if self._input_shape is not None:
+            x = x.reshape(-1, *self._input_shape)
+        return x, self._torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.int64))
+
+    def _make_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        params = self._model.parameters()
+        if self._optimizer is not None:
+            return self._optimizer(params, lr)
+        return self._torch.optim.SGD(params, lr=lr, momentum=self._momentum)
+
+    def fit(self, parameters: Vector, data: ArrayData, config: Config, seed: int) -> FitResult:
+        torch = self._torch
+        lr = setting(config, "lr", self._defaults["lr"], float)
+        epochs = int(setting(config, "local_epochs", self._defaults["local_epochs"], int))
+        batch = int(setting(config, "batch_size", self._defaults["batch_size"], int))
+        self.load(parameters)
+        x, y = self._tensors_of(data)
+        n = len(data)
+        torch.manual_seed(seed)  # dropout and other stochastic layers
+        order_rng = torch.Generator().manual_seed(seed)
+        opt = self._make_optimizer(lr)
+        model = self._model
+        model.train()
+        loss_sum = 0.0
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=order_rng)
+            for start in range(0, n, batch):
+                idx = order[start : start + batch]
+                opt.zero_grad()
+                loss = self._loss_fn(model(x[idx]), y[idx])
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+                loss_sum += float(loss.item()) * len(idx)
+        metrics = {"train_loss": loss_sum / max(n * epochs, 1)}
+        return FitResult(self.parameters(), n, metrics)
+
+    def evaluate(self, parameters: Vector, data: ArrayData) -> EvalResult:
+        n = len(data)
+        if n == 0:
+            return EvalResult(float("nan"), float("nan"), 0)
+        torch = self._torch
+        self.load(parameters)
+        x, y = self._tensors_of(data)
+        model = self._model
+        model.eval()
+        loss_sum, correct = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, n, 4096):
+                out = model(x[start : start + 4096])
+                yb = y[start : start + 4096]
+                loss_sum += float(self._loss_fn(out, yb).item()) * len(yb)
+                correct += int((out.argmax(dim=1) == yb).sum().item())
+        return EvalResult(loss_sum / n, correct / n, n)

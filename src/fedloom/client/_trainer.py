@@ -1,0 +1,75 @@
+"""The trainer protocol: what a client needs from a machine-learning framework."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from fedloom.data import ArrayData
+from fedloom.errors import ConfigError
+from fedloom.messages import Config, Metrics
+from fedloom.params import ParamSpec, Vector
+
+__all__ = ["EvalResult", "FitResult", "Trainer", "client_seed", "setting"]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Trained parameters, the number of examples trained on, and training metrics."""
+
+    parameters: Vector
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean loss and accuracy over ``num_examples`` examples."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+class Trainer(Protocol):
+    """Trains and evaluates one model architecture, starting from a given parameter vector.
+
+    A trainer owns no federated state: every call gets the parameters to start from, so one
+    trainer (and one model object) serves every client a worker simulates.
+    """
+
+    @property
+    def spec(self) -> ParamSpec:
+        """The names, shapes and dtypes of the model's parameters."""
+        ...
+
+    def init_parameters(self, seed: int) -> Vector:
+        """A freshly initialised model, packed; the same seed gives the same vector."""
+        ...
+
+    def fit(self, parameters: Vector, data: ArrayData, config: Config, seed: int) -> FitResult:
+        """Train from ``parameters`` on ``data``; ``config`` may override lr, epochs, batch."""
+        ...
+
+    def evaluate(self, parameters: Vector, data: ArrayData) -> EvalResult:
+        """Loss and accuracy of ``parameters`` on ``data``."""
+        ...
+
+
+def setting(config: Config, key: str, default: float, kind: type[float] | type[int]) -> float:
+    """``config[key]`` as ``kind`` (int or float), ``default`` when absent; a clear error else."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"client setting {key!r} must be a number, got {value!r}")
+    if kind is int and int(value) != value:
+        raise ConfigError(f"client setting {key!r} must be a whole number, got {value!r}")
+    return kind(value)
+
+
+def client_seed(run_seed: int, round: int, client_id: str) -> int:
+    """A seed for one client's work in one round, the same in every process and on every run."""
+    entropy = [run_seed & 0xFFFFFFFF, round, zlib.crc32(client_id.encode())]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])

@@ -1,0 +1,191 @@
+"""The settings of a simulation, validated once, from flags, a TOML file, or Python."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from fedloom.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+__all__ = ["SimulationConfig", "load_toml"]
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Everything ``fedloom simulate`` needs; the TOML file and the flags use the same names.
+
+    Attributes
+    ----------
+    dataset
+        A dataset spec: ``digits``, ``breast_cancer``, ``wine``, ``synthetic:ALPHA,BETA``,
+        ``mnist:PATH``, ``heart:PATH`` or ``leaf:PATH``.
+    model
+        ``mlp``, ``cnn`` or ``logreg``.
+    clients
+        Number of clients; ``None`` means the dataset's default (100, or its natural count).
+    rounds
+        Number of rounds, at least 1.
+    fraction, clients_per_round
+        Clients sampled per round, as a fraction in (0, 1] or a count; neither means all.
+    local_epochs, batch_size, lr, momentum
+        Each client's local SGD.
+    partition
+        ``iid``, ``dirichlet:ALPHA``, ``shards:K``, ``quantity:SIGMA`` or ``natural``; ``None``
+        means ``natural`` where the dataset has a natural split, else ``iid``.
+    strategy, server_lr
+        The strategy preset and its server learning rate.
+    seed
+        Seeds sampling, data splits, initialisation and local training.
+    local_test_fraction, test_fraction
+        Each client's local test share (federated evaluation runs when it is above 0) and the
+        central test share for datasets without a natural split.
+    min_clients
+        A round fails unless at least this many clients send acceptable updates.
+    out
+        Folder for ``history.json``, ``model.npz`` and ``config.toml``; ``None`` writes nothing.
+    """
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    clients: int | None = None
+    rounds: int = 20
+    fraction: float | None = None
+    clients_per_round: int | None = None
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    partition: str | None = None
+    strategy: str = "fedavg"
+    server_lr: float = 1.0
+    seed: int = 0
+    local_test_fraction: float = 0.0
+    test_fraction: float = 0.2
+    min_clients: int = 1
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        positive = {
+            "rounds": self.rounds,
+            "local_epochs": self.local_epochs,
+            "batch_size": self.batch_size,
+            "min_clients": self.min_clients,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{_flag(name)} must be at least 1, got {value}")
+        if self.clients is not None and self.clients < 1:
+            raise ConfigError(f"--clients must be at least 1, got {self.clients}")
+        if self.clients_per_round is not None and self.clients_per_round < 1:
+            raise ConfigError(
+                f"--clients-per-round must be at least 1, got {self.clients_per_round}"
+            )
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.fraction is not None and self.clients_per_round is not None:
+            raise ConfigError("give --fraction or --clients-per-round, not both")
+        if not self.lr > 0 or not self.server_lr > 0:
+            raise ConfigError(
+                f"learning rates must be positive, got --lr {self.lr} --server-lr {self.server_lr}"
+            )
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0.0 <= self.local_test_fraction < 1.0:
+            raise ConfigError(
+                f"--local-test-fraction must be in [0, 1), got {self.local_test_fraction}"
+            )
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+
+    def replace(self, **changes: Any) -> SimulationConfig:
+        """A copy with ``changes`` applied and validated."""
+        unknown = sorted(set(changes) - _FIELDS)
+        if unknown:
+            raise ConfigError(_unknown_message(unknown))
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a flat dict."""
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The settings as TOML that :func:`load_toml` reads back (unset values left out)."""
+        lines = []
+        for key, value in self.to_dict().items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            else:
+                text = repr(value)
+            lines.append(f"{key} = {text}")
+        return "\n".join(lines) + "\n"
+
+
+_FIELDS = {f.name for f in fields(SimulationConfig)}
+_HINTS = get_type_hints(SimulationConfig)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _unknown_message(unknown: list[str]) -> str:
+    return f"unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(sorted(_FIELDS))}"
+
+
+def _check_types(config: SimulationConfig) -> None:
+    for name in _FIELDS:
+        value = getattr(config, name)
+        hint = str(_HINTS[name])
+        if value is None:
+            if "None" not in hint:
+                raise ConfigError(f"{_flag(name)} must be set")
+            continue
+        if "int" in hint and "float" not in hint:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif "float" in hint:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            kind = "a whole number" if "int" in hint else "a number" if "float" in hint else "text"
+            raise ConfigError(f"setting {name!r} must be {kind}, got {value!r}")
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML settings file into a dict of known settings.
+
+    Keys may be written with dashes or underscores; a ``[simulate]`` table, if present, is
+    used instead of the top level.
+    """
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    table: Mapping[str, Any] = raw.get("simulate", raw)
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"config file {path}: [simulate] must be a table")
+    settings = {str(k).replace("-", "_"): v for k, v in table.items()}
+    unknown = sorted(set(settings) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"config file {path}: " + _unknown_message(unknown))
+    return settings

@@ -1,0 +1,141 @@
+"""Datasets that need no files: scikit-learn's bundled sets and the FedProx synthetic data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedloom.data._types import ArrayData
+from fedloom.errors import ConfigError
+
+__all__ = ["SKLEARN_DATASETS", "load_sklearn", "synthetic"]
+
+# name -> (num_classes, input_shape)
+SKLEARN_DATASETS: dict[str, tuple[int, tuple[int, ...]]] = {
+    "digits": (10, (1, 8, 8)),
+    "breast_cancer": (2, (30,)),
+    "wine": (3, (13,)),
+}
+
+SYNTHETIC_DIM = 60
+SYNTHETIC_CLASSES = 10
+
+
+def load_sklearn(name: str) -> ArrayData:
+    """Return a scikit-learn bundled dataset, unscaled (``digits`` pixels are 0..16)."""
+    from sklearn import datasets
+
+    loader = {
+        "digits": datasets.load_digits,
+        "breast_cancer": datasets.load_breast_cancer,
+        "wine": datasets.load_wine,
+    }[name]
+    bunch = loader()
+    return ArrayData(np.asarray(bunch.data), np.asarray(bunch.target))
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticDevice:
+    """One generated device with the parameters that produced it (kept for tests)."""
+
+    data: ArrayData
+    weights: np.ndarray  # W_k, shape (60, 10)
+    bias: np.ndarray  # b_k, shape (10,)
+    feature_mean: np.ndarray  # v_k, shape (60,)
+    model_mean: float  # u_k (0 for the IID variant)
+
+
+def synthetic(
+    alpha: float, beta: float, *, num_devices: int = 30, seed: int = 0, iid: bool = False
+) -> list[ArrayData]:
+    """Generate Synthetic(alpha, beta) from Li et al. 2020 (FedProx), one array set per device.
+
+    Follows the paper's generator (``data/synthetic_*/generate_synthetic.py`` in
+    litian96/FedProx) with ``numpy.random.default_rng(seed)`` in place of the global RNG:
+
+    - 60 features, 10 classes; device ``k`` has ``int(lognormal(4, 2)) + 50`` samples. The
+      lognormal tail is heavy: a device can hold tens of thousands of samples; nothing is capped.
+    - ``u_k ~ N(0, alpha**2)`` and ``B_k ~ N(0, beta**2)`` (alpha and beta are standard
+      deviations); ``W_k ~ N(u_k, 1)`` of shape (60, 10), ``b_k ~ N(u_k, 1)`` of shape (10,).
+    - ``v_k ~ N(B_k, 1)`` per feature; ``x ~ N(v_k, Sigma)`` with ``Sigma`` diagonal,
+      ``Sigma_jj = (j + 1) ** -1.2``.
+    - ``y = argmax(softmax(x @ W_k + b_k))``.
+
+    With ``iid=True`` (the paper's Synthetic-IID) every device shares one ``W, b ~ N(0, 1)`` and
+    ``v_k = 0``; ``alpha`` and ``beta`` are then unused.
+
+    The generator does not split train from test; ``load_dataset("synthetic:...")`` keeps 75%
+    of each device's rows for training and 25% as its local test split.
+
+    Parameters
+    ----------
+    alpha, beta
+        How much device models (alpha) and device feature distributions (beta) differ; >= 0.
+    num_devices
+        Number of devices (30 in the paper).
+    seed
+        Seed for ``numpy.random.default_rng``.
+    iid
+        Generate the IID variant instead.
+
+    Returns
+    -------
+    list of ArrayData
+        One per device: ``x`` float32 of shape ``(n_k, 60)``, ``y`` int64 in 0..9.
+
+    Raises
+    ------
+    ConfigError
+        If alpha or beta is negative (or not finite), or ``num_devices`` < 1.
+
+    Examples
+    --------
+    >>> devices = synthetic(0.5, 0.5, num_devices=3, seed=1)
+    >>> [d.x.shape[1] for d in devices]
+    [60, 60, 60]
+    """
+    return [d.data for d in generate_synthetic(alpha, beta, num_devices, seed, iid)]
+
+
+def generate_synthetic(
+    alpha: float, beta: float, num_devices: int, seed: int, iid: bool
+) -> list[SyntheticDevice]:
+    """Like :func:`synthetic`, returning each device's generating parameters too."""
+    for what, value in (("alpha", alpha), ("beta", beta)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ConfigError(f"synthetic {what} must be a number >= 0, got {value}")
+    if num_devices < 1:
+        raise ConfigError(f"synthetic needs at least 1 device, got {num_devices}")
+    rng = np.random.default_rng(seed)
+    sizes = rng.lognormal(4, 2, num_devices).astype(np.int64) + 50
+    feature_std = np.sqrt(np.arange(1, SYNTHETIC_DIM + 1, dtype=np.float64) ** -1.2)
+    shape = (SYNTHETIC_DIM, SYNTHETIC_CLASSES)
+    if iid:
+        model_means = np.zeros(num_devices)
+        feature_means = np.zeros((num_devices, SYNTHETIC_DIM))
+        shared_w = rng.normal(0.0, 1.0, shape)
+        shared_b = rng.normal(0.0, 1.0, SYNTHETIC_CLASSES)
+    else:
+        model_means = rng.normal(0.0, alpha, num_devices)
+        device_shift = rng.normal(0.0, beta, num_devices)
+        feature_means = rng.normal(device_shift[:, None], 1.0, (num_devices, SYNTHETIC_DIM))
+    devices = []
+    for k in range(num_devices):
+        if iid:
+            w, b = shared_w, shared_b
+        else:
+            w = rng.normal(model_means[k], 1.0, shape)
+            b = rng.normal(model_means[k], 1.0, SYNTHETIC_CLASSES)
+        x = feature_means[k] + rng.standard_normal((int(sizes[k]), SYNTHETIC_DIM)) * feature_std
+        y = np.argmax(x @ w + b, axis=1)  # softmax is monotonic: same argmax
+        devices.append(
+            SyntheticDevice(
+                data=ArrayData(x, y),
+                weights=w,
+                bias=b,
+                feature_mean=feature_means[k],
+                model_mean=float(model_means[k]),
+            )
+        )
+    return devices

@@ -1,0 +1,62 @@
+"""Every error fedloom raises on purpose.
+
+The tree::
+
+    FedloomError                 base: catch this to catch them all
+    ├── ConfigError              a setting is unknown, out of range, or conflicts with another
+    ├── DataError                a dataset, file or path is missing or malformed
+    ├── ClientError              a client failed handling an instruction (client id, round, phase)
+    └── RoundFailedError         too few clients answered to complete a round (round, phase)
+
+Messages name the problem and what to do about it; the command line prints the message alone
+(no traceback) and exits with status 2 for ``ConfigError`` and ``DataError``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ClientError", "ConfigError", "DataError", "FedloomError", "RoundFailedError"]
+
+
+class FedloomError(Exception):
+    """Base class of every error fedloom raises on purpose."""
+
+
+class ConfigError(FedloomError, ValueError):
+    """A setting is unknown, out of range, or conflicts with another setting."""
+
+
+class DataError(FedloomError, ValueError):
+    """A dataset, file or path is missing or malformed."""
+
+
+class ClientError(FedloomError):
+    """A client failed while handling an instruction.
+
+    Parameters
+    ----------
+    client_id, round, phase
+        Where it failed: the client, the round (1-based) and the phase (``"fit"``, ...).
+    reason
+        What went wrong.
+    """
+
+    def __init__(self, client_id: str, round: int, phase: str, reason: str) -> None:
+        super().__init__(f"client {client_id} failed in round {round}, phase {phase!r}: {reason}")
+        self.client_id = client_id
+        self.round = round
+        self.phase = phase
+        self.reason = reason
+
+
+class RoundFailedError(FedloomError):
+    """Fewer clients answered than the round needs."""
+
+    def __init__(self, round: int, phase: str, answered: int, needed: int) -> None:
+        super().__init__(
+            f"round {round}, phase {phase!r}: only {answered} client(s) answered, "
+            f"{needed} needed; lower the minimum or lengthen the round timeout"
+        )
+        self.round = round
+        self.phase = phase
+        self.answered = answered
+        self.needed = needed

@@ -1,0 +1,147 @@
+"""The round loop: one server-side loop for every fleet and every strategy."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedloom.client import EvalResult
+from fedloom.errors import RoundFailedError
+from fedloom.messages import Config, Instruction, Reply, RoundRecord
+from fedloom.params import ParamSpec, Vector
+from fedloom.server._checkpoint import Checkpoint, save_checkpoint
+from fedloom.server._fleet import Fleet
+from fedloom.strategy import RoundContext, RoundOutcome, RoundSteps, Strategy
+from fedloom.tracking import History
+
+__all__ = ["RunResult", "run_rounds"]
+
+log = logging.getLogger("fedloom.server")
+
+Evaluator = Callable[[Vector], EvalResult]
+"""Centralized evaluation: the global model's loss and accuracy on the server's test set."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The final global model and the history of the run."""
+
+    parameters: Vector
+    history: History
+
+
+def drive(steps: RoundSteps, fleet: Fleet, timeout: float | None) -> RoundOutcome:
+    """Run a mechanism's phases over the fleet and return the round's outcome."""
+    try:
+        instructions = next(steps)
+        while True:
+            instructions = steps.send(fleet.exchange(instructions, timeout))
+    except StopIteration as stop:
+        outcome: RoundOutcome = stop.value
+        return outcome
+
+
+def _federated_evaluation(
+    fleet: Fleet, selected: Iterable[str], parameters: Vector, round: int, timeout: float | None
+) -> tuple[float | None, float | None]:
+    """Example-weighted loss and accuracy of the global model on clients' local test splits."""
+    ins = Instruction(round, "evaluate", parameters)
+    wanted = set(selected)
+    loss = acc = 0.0
+    total = 0
+    replies: Iterator[Reply] = fleet.exchange(dict.fromkeys(wanted, ins), timeout)
+    for reply in replies:
+        if reply.client_id not in wanted or reply.phase != "evaluate" or reply.round != round:
+            continue
+        n = reply.num_examples
+        if n > 0 and "loss" in reply.metrics and "accuracy" in reply.metrics:
+            loss += reply.metrics["loss"] * n
+            acc += reply.metrics["accuracy"] * n
+            total += n
+    if total == 0:
+        return None, None
+    return loss / total, acc / total
+
+
+def run_rounds(
+    fleet: Fleet,
+    strategy: Strategy,
+    parameters: Vector,
+    *,
+    rounds: int,
+    client_config: Config | None = None,
+    evaluate: Evaluator | None = None,
+    federated_evaluation: bool = False,
+    min_clients: int = 1,
+    round_timeout: float | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    spec: ParamSpec | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
+) -> RunResult:
+    """Train for ``rounds`` rounds and return the final model and the history.
+
+    Each round samples clients, runs the strategy's mechanism over the fleet (sending the global
+    model and ``client_config`` merged with the strategy's client settings), checks that at least
+    ``min_clients`` updates were accepted, applies the server optimizer, evaluates (centrally with
+    ``evaluate``; on the selected clients' local test splits when ``federated_evaluation``), and,
+    when ``out_dir`` is given, saves ``model.npz`` (needs ``spec``) and ``history.json`` there.
+
+    Raises
+    ------
+    RoundFailedError
+        When fewer than ``min_clients`` clients are available or send acceptable updates.
+    """
+    config: dict[str, Any] = {**(client_config or {}), **strategy.client_config}
+    agg_state = strategy.aggregator.init(parameters.shape[0])
+    opt_state = strategy.optimizer.init(parameters)
+    history = History()
+    out = Path(out_dir) if out_dir is not None else None
+    for round in range(1, rounds + 1):
+        started = time.perf_counter()
+        available = fleet.clients()
+        if len(available) < min_clients:
+            raise RoundFailedError(round, "sample", len(available), min_clients)
+        selected = strategy.sampler.select(available, round)
+        ctx = RoundContext(round, selected, parameters, config, strategy.aggregator, agg_state)
+        outcome = drive(strategy.mechanism.run(ctx), fleet, round_timeout)
+        if outcome.aggregate.count < min_clients:
+            raise RoundFailedError(round, "fit", outcome.aggregate.count, min_clients)
+        agg_state = outcome.aggregator_state
+        parameters, opt_state = strategy.optimizer.step(
+            parameters, outcome.aggregate.vector, opt_state
+        )
+        central = evaluate(parameters) if evaluate is not None else None
+        fed_loss, fed_acc = (
+            _federated_evaluation(fleet, selected, parameters, round, round_timeout)
+            if federated_evaluation
+            else (None, None)
+        )
+        metrics: Mapping[str, float] = outcome.metrics
+        record = RoundRecord(
+            round=round,
+            clients=outcome.aggregate.count,
+            train_loss=metrics.get("train_loss"),
+            accuracy=central.accuracy if central else None,
+            loss=central.loss if central else None,
+            fed_accuracy=fed_acc,
+            fed_loss=fed_loss,
+            seconds=time.perf_counter() - started,
+            metrics={k: v for k, v in metrics.items() if k != "train_loss"},
+        )
+        history = history.append(record)
+        log.info(
+            "round %d: %d clients, accuracy %s, rejected %d",
+            round, record.clients, record.accuracy, len(outcome.rejected),
+        )  # fmt: skip
+        if out is not None:
+            if spec is not None:
+                save_checkpoint(out / "model.npz", Checkpoint(round, parameters, spec))
+            history.write(out / "history.json")
+        if on_round is not None:
+            on_round(record)
+    return RunResult(parameters, history)

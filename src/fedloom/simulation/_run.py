@@ -1,0 +1,156 @@
+"""``simulate``: a whole federated run on one machine, from settings or from the user's objects."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from fedloom._io import atomic_write
+from fedloom.client import Trainer, make_trainer
+from fedloom.config import SimulationConfig
+from fedloom.data import FederatedDataset, load_dataset
+from fedloom.errors import ConfigError
+from fedloom.messages import RoundRecord
+from fedloom.server import Evaluator, RunResult, run_rounds
+from fedloom.simulation._fleet import InProcessFleet
+from fedloom.strategy import (
+    AllClients,
+    CountSampler,
+    FractionSampler,
+    Sampler,
+    Strategy,
+    make_strategy,
+)
+from fedloom.tracking import ProgressBar
+
+__all__ = ["simulate"]
+
+
+def sampler_for(config: SimulationConfig, num_clients: int) -> Sampler:
+    """The sampler the settings ask for: a fraction, a count per round, or every client."""
+    if config.clients_per_round is not None:
+        if config.clients_per_round > num_clients:
+            raise ConfigError(
+                f"--clients-per-round {config.clients_per_round} is more than the "
+                f"{num_clients} clients; use at most {num_clients}"
+            )
+        return CountSampler(config.clients_per_round, seed=config.seed)
+    if config.fraction is not None:
+        return FractionSampler(config.fraction, seed=config.seed)
+    return AllClients()
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """One intra-op thread while simulating: small per-client models run fastest that way and
+    results do not depend on the machine's core count. Restored afterwards."""
+    torch: Any = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def simulate(
+    config: SimulationConfig | None = None,
+    *,
+    dataset: FederatedDataset | None = None,
+    trainer: Trainer | None = None,
+    strategy: Strategy | None = None,
+    progress: bool | TextIO = False,
+    **settings: Any,
+) -> RunResult:
+    """Run a federated simulation and return the final model and its history.
+
+    Parameters
+    ----------
+    config
+        The settings; defaults to :class:`~fedloom.config.SimulationConfig`'s.
+    dataset, trainer, strategy
+        Your own objects, used instead of what the settings name.
+    progress
+        Show a progress bar over rounds (on stderr, or on the given stream).
+    **settings
+        Any :class:`~fedloom.config.SimulationConfig` field, overriding ``config``.
+
+    Examples
+    --------
+    >>> import fedloom
+    >>> result = fedloom.simulate(dataset="digits", model="logreg", clients=10, rounds=2)
+    >>> len(result.history)
+    2
+    """
+    cfg = (config or SimulationConfig()).replace(**settings)
+    ds = dataset or load_dataset(
+        cfg.dataset,
+        num_clients=cfg.clients,
+        partition=cfg.partition,
+        seed=cfg.seed,
+        local_test_fraction=cfg.local_test_fraction,
+        test_fraction=cfg.test_fraction,
+    )
+    if dataset is not None:
+        cfg = cfg.replace(dataset=ds.name, clients=ds.num_clients, partition=None)
+    if trainer is not None:
+        cfg = cfg.replace(model="custom")
+    with _torch_threads(1):
+        tr = trainer or make_trainer(
+            cfg.model,
+            input_shape=ds.input_shape,
+            num_classes=ds.num_classes,
+            lr=cfg.lr,
+            local_epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            momentum=cfg.momentum,
+        )
+        st = strategy or make_strategy(
+            cfg.strategy, sampler_for(cfg, ds.num_clients), server_lr=cfg.server_lr
+        )
+        evaluate: Evaluator | None = None
+        if len(ds.test) > 0:
+            test = ds.test
+
+            def evaluate(parameters: Any) -> Any:
+                return tr.evaluate(parameters, test)
+
+        if cfg.out is not None:
+            atomic_write(Path(cfg.out) / "config.toml", cfg.to_toml().encode())
+        bar = None
+        if progress is not False:
+            stream = None if progress is True else progress
+            bar = ProgressBar(cfg.rounds, file=stream)
+        on_round = bar if bar is not None else _ignore
+        try:
+            return run_rounds(
+                InProcessFleet(ds, tr),
+                st,
+                tr.init_parameters(cfg.seed),
+                rounds=cfg.rounds,
+                client_config={
+                    "lr": cfg.lr,
+                    "local_epochs": cfg.local_epochs,
+                    "batch_size": cfg.batch_size,
+                    "seed": cfg.seed,
+                },
+                evaluate=evaluate,
+                federated_evaluation=len(ds.client(0).test) > 0,
+                min_clients=cfg.min_clients,
+                out_dir=cfg.out,
+                spec=tr.spec,
+                on_round=on_round,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _ignore(record: RoundRecord) -> None:
+    return None

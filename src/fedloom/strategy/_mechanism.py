@@ -1,0 +1,133 @@
+"""Round mechanisms: the request/reply phases that make up one round.
+
+A mechanism's :meth:`~RoundMechanism.run` is a generator. Each ``yield`` hands the loop a mapping
+of client id to :class:`~fedloom.messages.Instruction`; the loop sends them over the fleet and
+resumes the generator with an iterator over the replies that arrived before the deadline. The
+generator's return value is the round's :class:`RoundOutcome`. Plain FedAvg yields once; secure
+aggregation yields four times. The loop never needs to know which.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedloom.messages import ClientUpdate, Config, Instruction, Reply
+from fedloom.params import Vector
+from fedloom.strategy._aggregate import Aggregate, Aggregator
+
+__all__ = ["PlainRound", "RoundContext", "RoundMechanism", "RoundOutcome", "RoundSteps"]
+
+log = logging.getLogger("fedloom.round")
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What a mechanism knows about the round it runs."""
+
+    round: int
+    selected: Sequence[str]
+    parameters: Vector
+    config: Config
+    aggregator: Aggregator
+    aggregator_state: Any
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What a round produced: the aggregate, the aggregator's next state, and fit metrics.
+
+    ``metrics`` are example-weighted means of the metrics the accepted clients reported;
+    ``rejected`` maps a client id to the reason its reply was refused.
+    """
+
+    aggregate: Aggregate
+    aggregator_state: Any
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    rejected: Mapping[str, str] = field(default_factory=dict)
+
+
+RoundSteps = Generator[Mapping[str, Instruction], Iterator[Reply], RoundOutcome]
+
+
+class RoundMechanism(Protocol):
+    """The phases of a round, as a generator the loop drives."""
+
+    def run(self, ctx: RoundContext) -> RoundSteps:
+        """Yield each phase's instructions, receive its replies, return the outcome."""
+        ...
+
+
+class _FitTally:
+    """Counts accepted and rejected fit replies and averages their metrics."""
+
+    def __init__(self) -> None:
+        self.rejected: dict[str, str] = {}
+        self._sums: dict[str, float] = {}
+        self._weights: dict[str, float] = {}
+
+    def reject(self, client_id: str, reason: str, round: int) -> None:
+        log.warning("round %d: rejected the update of client %s: %s", round, client_id, reason)
+        self.rejected[client_id] = reason
+
+    def accept(self, reply: Reply) -> None:
+        for key, value in reply.metrics.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value) * reply.num_examples
+            self._weights[key] = self._weights.get(key, 0.0) + reply.num_examples
+
+    def metrics(self) -> dict[str, float]:
+        return {k: self._sums[k] / self._weights[k] for k in self._sums if self._weights[k] > 0}
+
+
+def fit_problem(reply: Reply, ctx: RoundContext, seen: set[str], dim: int) -> str | None:
+    """Why a fit reply must be refused, or None when it is acceptable."""
+    if reply.client_id not in ctx.selected:
+        return "client was not selected for this round"
+    if reply.client_id in seen:
+        return "a second update in the same round"
+    if reply.round != ctx.round or reply.phase != "fit":
+        return f"answers round {reply.round} phase {reply.phase!r}, expected {ctx.round} 'fit'"
+    vec = reply.vector
+    if vec is None:
+        return "no update vector"
+    if vec.dtype != np.float32 or vec.shape != (dim,):
+        return f"update has dtype {vec.dtype} shape {vec.shape}; expected float32 ({dim},)"
+    if reply.num_examples <= 0:
+        return f"num_examples is {reply.num_examples}; it must be positive"
+    if not np.isfinite(vec).all():
+        return "update contains NaN or Inf"
+    return None
+
+
+def accepted_updates(
+    replies: Iterable[Reply], ctx: RoundContext, tally: _FitTally
+) -> Iterator[ClientUpdate]:
+    """The well-formed fit replies as updates weighted by example count; the rest are tallied."""
+    seen: set[str] = set()
+    dim = ctx.parameters.shape[0]
+    for reply in replies:
+        problem = fit_problem(reply, ctx, seen, dim)
+        if problem is not None or reply.vector is None:
+            tally.reject(reply.client_id, problem or "no update vector", ctx.round)
+            continue
+        seen.add(reply.client_id)
+        tally.accept(reply)
+        yield ClientUpdate(reply.client_id, reply.vector, float(reply.num_examples), reply.metrics)
+
+
+@dataclass(frozen=True)
+class PlainRound:
+    """One phase: send the model, receive updates, aggregate them as they stream in."""
+
+    def run(self, ctx: RoundContext) -> RoundSteps:
+        instruction = Instruction(ctx.round, "fit", ctx.parameters, ctx.config)
+        replies = yield dict.fromkeys(ctx.selected, instruction)
+        tally = _FitTally()
+        aggregate, state = ctx.aggregator.aggregate(
+            accepted_updates(replies, ctx, tally), ctx.parameters.shape[0], ctx.aggregator_state
+        )
+        return RoundOutcome(aggregate, state, tally.metrics(), tally.rejected)
