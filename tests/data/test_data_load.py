@@ -127,15 +127,15 @@ def test_same_seed_same_dataset_other_seed_differs() -> None:
     assert not np.array_equal(first.test.x, other.test.x)
 
 
-def test_synthetic_spec_is_split_75_25_on_every_device() -> None:
+def test_synthetic_spec_is_split_90_10_as_the_fedprox_code_on_every_device() -> None:
     # Execute
     ds = load_dataset("synthetic:0.5,0.5", num_clients=6, seed=1)
 
     # Assert
     assert (ds.num_clients, ds.num_classes, ds.input_shape) == (6, 10, (60,))
     sizes = [len(d) for d in fedloom.data.synthetic(0.5, 0.5, num_devices=6, seed=1)]
-    assert ds.client_sizes().tolist() == [int(0.75 * n) for n in sizes]
-    assert [len(ds.client(i).test) for i in range(6)] == [n - int(0.75 * n) for n in sizes]
+    assert ds.client_sizes().tolist() == [int(0.9 * n) for n in sizes]
+    assert [len(ds.client(i).test) for i in range(6)] == [n - int(0.9 * n) for n in sizes]
     assert len(ds.test) == sum(len(ds.client(i).test) for i in range(6))
 
 

@@ -65,8 +65,8 @@ def synthetic(
     With ``iid=True`` (the paper's Synthetic-IID) every device shares one ``W, b ~ N(0, 1)`` and
     ``v_k = 0``; ``alpha`` and ``beta`` are then unused.
 
-    The generator does not split train from test; ``load_dataset("synthetic:...")`` keeps 75%
-    of each device's rows for training and 25% as its local test split.
+    The generator does not split train from test; ``load_dataset("synthetic:...")`` keeps 90%
+    of each device's rows for training and 10% as its local test split (as the FedProx code does).
 
     Parameters
     ----------

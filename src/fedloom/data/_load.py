@@ -40,7 +40,7 @@ DATASETS: tuple[str, ...] = (
 
 DEFAULT_CLIENTS = 100
 SYNTHETIC_DEVICES = 30
-SYNTHETIC_TRAIN_SHARE = 0.75
+SYNTHETIC_TRAIN_SHARE = 0.9  # as the FedProx generator code: train_len = int(0.9 * n)
 FEMNIST_CLASSES = 62
 
 
@@ -69,7 +69,7 @@ def load_dataset(
     client already has its own local test split, whose union is the central test set:
 
     - ``synthetic:ALPHA,BETA`` / ``synthetic:iid`` (:func:`synthetic`): ``num_clients`` sets
-      the number of devices (default 30); each device keeps a seeded 75% for training and 25%
+      the number of devices (default 30); each device keeps a seeded 90% for training and 10%
       as its local test. ``test_fraction`` is unused.
     - ``heart:PATH`` (UCI Heart Disease, :func:`load_heart_disease`): 4 hospitals; each holds
       out a seeded ``ceil(test_fraction * rows)`` as its local test. Missing values are filled
