@@ -8,7 +8,7 @@ rest of fedloom works without it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -26,6 +26,45 @@ __all__ = ["TorchTrainer"]
 OptimizerFactory = Callable[["Iterable[torch.nn.Parameter]", float], "torch.optim.Optimizer"]
 
 
+class _Stepper(Protocol):
+    def zero_grad(self) -> None: ...
+
+    def step(self) -> object: ...
+
+
+class _SGD:
+    """SGD with heavy-ball momentum, step for step what ``torch.optim.SGD(lr, momentum)`` does
+    (no dampening, no weight decay). Written out because creating the first ``torch.optim``
+    optimizer imports ``torch._dynamo``, which costs seconds at start-up."""
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float, momentum: float) -> None:
+        self._params = params
+        self._lr = lr
+        self._momentum = momentum
+        self._buffers: list[torch.Tensor | None] = [None] * len(params)
+
+    def zero_grad(self) -> None:
+        for p in self._params:
+            p.grad = None
+
+    def step(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for i, p in enumerate(self._params):
+                grad = p.grad
+                if grad is None:
+                    continue
+                if self._momentum:
+                    buf = self._buffers[i]
+                    if buf is None:
+                        buf = self._buffers[i] = grad.detach().clone()
+                    else:
+                        buf.mul_(self._momentum).add_(grad)
+                    grad = buf
+                p.add_(grad, alpha=-self._lr)
+
+
 class TorchTrainer:
     """Trains a PyTorch model with minibatch gradient descent on a client's arrays.
 
@@ -39,7 +78,8 @@ class TorchTrainer:
     loss_fn
         Maps (outputs, labels) to a mean loss; cross-entropy by default.
     optimizer
-        Maps (parameters, lr) to a fresh optimizer each fit; SGD with ``momentum`` by default.
+        Maps (parameters, lr) to a fresh optimizer each fit. By default, SGD with ``momentum``
+        (the same steps as ``torch.optim.SGD``), fresh each fit.
     lr, momentum, local_epochs, batch_size
         Defaults; an instruction's ``lr``, ``local_epochs`` and ``batch_size`` override them.
 
@@ -124,11 +164,11 @@ class TorchTrainer:
             x = x.reshape(-1, *self._input_shape)
         return x, self._torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.int64))
 
-    def _make_optimizer(self, lr: float) -> torch.optim.Optimizer:
+    def _make_optimizer(self, lr: float) -> _Stepper:
         params = self._model.parameters()
         if self._optimizer is not None:
             return self._optimizer(params, lr)
-        return self._torch.optim.SGD(params, lr=lr, momentum=self._momentum)
+        return _SGD(list(params), lr, self._momentum)
 
     def fit(self, parameters: Vector, data: ArrayData, config: Config, seed: int) -> FitResult:
         torch = self._torch
@@ -138,7 +178,7 @@ class TorchTrainer:
         self.load(parameters)
         x, y = self._tensors_of(data)
         n = len(data)
-        torch.manual_seed(seed)  # dropout and other stochastic layers
+        torch.random.default_generator.manual_seed(seed)  # dropout and other random layers
         order_rng = torch.Generator().manual_seed(seed)
         opt = self._make_optimizer(lr)
         model = self._model
