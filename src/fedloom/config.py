@@ -38,7 +38,9 @@ class SimulationConfig:
     fraction, clients_per_round
         Clients sampled per round, as a fraction in (0, 1] or a count; neither means all.
     local_epochs, batch_size, lr, momentum
-        Each client's local SGD.
+        Each client's local SGD. ``None`` leaves the trainer's own default (for the built-in
+        models: 1 epoch, batch 32, lr 0.05); a value is sent to every client each round.
+        ``momentum`` configures the built-in models' SGD only.
     partition
         ``iid``, ``dirichlet:ALPHA``, ``shards:K``, ``quantity:SIGMA`` or ``natural``; ``None``
         means ``natural`` where the dataset has a natural split, else ``iid``.
@@ -61,9 +63,9 @@ class SimulationConfig:
     rounds: int = 20
     fraction: float | None = None
     clients_per_round: int | None = None
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
+    local_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
     momentum: float = 0.0
     partition: str | None = None
     strategy: str = "fedavg"
@@ -83,7 +85,7 @@ class SimulationConfig:
             "min_clients": self.min_clients,
         }
         for name, value in positive.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise ConfigError(f"{_flag(name)} must be at least 1, got {value}")
         if self.clients is not None and self.clients < 1:
             raise ConfigError(f"--clients must be at least 1, got {self.clients}")
@@ -95,10 +97,10 @@ class SimulationConfig:
             raise ConfigError(f"--fraction must be in (0, 1], got {self.fraction}")
         if self.fraction is not None and self.clients_per_round is not None:
             raise ConfigError("give --fraction or --clients-per-round, not both")
-        if not self.lr > 0 or not self.server_lr > 0:
-            raise ConfigError(
-                f"learning rates must be positive, got --lr {self.lr} --server-lr {self.server_lr}"
-            )
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not self.server_lr > 0:
+            raise ConfigError(f"--server-lr must be positive, got {self.server_lr}")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 <= self.local_test_fraction < 1.0:
@@ -107,6 +109,15 @@ class SimulationConfig:
             )
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+
+    def client_config(self) -> dict[str, float | int]:
+        """The settings sent to every client each round: the seed and any local SGD setting."""
+        sent: dict[str, float | int] = {"seed": self.seed}
+        for key in ("lr", "local_epochs", "batch_size"):
+            value = getattr(self, key)
+            if value is not None:
+                sent[key] = value
+        return sent
 
     def replace(self, **changes: Any) -> SimulationConfig:
         """A copy with ``changes`` applied and validated."""

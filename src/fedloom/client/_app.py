@@ -8,7 +8,7 @@ from typing import Any
 
 from fedloom.client._trainer import Trainer, client_seed
 from fedloom.data import ClientData
-from fedloom.errors import ClientError, FedloomError
+from fedloom.errors import ClientError
 from fedloom.messages import Instruction, Reply
 
 __all__ = ["ClientApp", "ClientContext", "Handler"]
@@ -84,5 +84,6 @@ class ClientApp:
             return handler(ctx, ins)
         except ClientError:
             raise
-        except (FedloomError, ArithmeticError, ValueError, RuntimeError) as exc:
-            raise ClientError(ctx.client_id, ins.round, ins.phase, str(exc)) from exc
+        except Exception as exc:  # any failure in user code is reported with where it happened
+            reason = f"{type(exc).__name__}: {exc}"
+            raise ClientError(ctx.client_id, ins.round, ins.phase, reason) from exc

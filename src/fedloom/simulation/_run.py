@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedloom._io import atomic_write
-from fedloom.client import Trainer, make_trainer
+from fedloom.client import EvalResult, Trainer, make_trainer
 from fedloom.config import SimulationConfig
 from fedloom.data import FederatedDataset, load_dataset
 from fedloom.errors import ConfigError
-from fedloom.messages import RoundRecord
-from fedloom.server import Evaluator, RunResult, run_rounds
+from fedloom.params import Vector
+from fedloom.server import RunResult, run_rounds
 from fedloom.simulation._fleet import InProcessFleet
 from fedloom.strategy import (
     AllClients,
@@ -62,9 +62,9 @@ def _torch_threads(n: int) -> Iterator[None]:
 def simulate(
     config: SimulationConfig | None = None,
     *,
-    dataset: FederatedDataset | None = None,
+    dataset: FederatedDataset | str | None = None,
     trainer: Trainer | None = None,
-    strategy: Strategy | None = None,
+    strategy: Strategy | str | None = None,
     progress: bool | TextIO = False,
     **settings: Any,
 ) -> RunResult:
@@ -75,7 +75,8 @@ def simulate(
     config
         The settings; defaults to :class:`~fedloom.config.SimulationConfig`'s.
     dataset, trainer, strategy
-        Your own objects, used instead of what the settings name.
+        Your own objects, used instead of what the settings name; ``dataset`` and ``strategy``
+        may also be names, like the settings of the same name.
     progress
         Show a progress bar over rounds (on stderr, or on the given stream).
     **settings
@@ -88,6 +89,10 @@ def simulate(
     >>> len(result.history)
     2
     """
+    if isinstance(dataset, str):
+        settings["dataset"], dataset = dataset, None
+    if isinstance(strategy, str):
+        settings["strategy"], strategy = strategy, None
     cfg = (config or SimulationConfig()).replace(**settings)
     ds = dataset or load_dataset(
         cfg.dataset,
@@ -101,56 +106,44 @@ def simulate(
         cfg = cfg.replace(dataset=ds.name, clients=ds.num_clients, partition=None)
     if trainer is not None:
         cfg = cfg.replace(model="custom")
-    with _torch_threads(1):
-        tr = trainer or make_trainer(
-            cfg.model,
-            input_shape=ds.input_shape,
-            num_classes=ds.num_classes,
-            lr=cfg.lr,
-            local_epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            momentum=cfg.momentum,
-        )
-        st = strategy or make_strategy(
-            cfg.strategy, sampler_for(cfg, ds.num_clients), server_lr=cfg.server_lr
-        )
-        evaluate: Evaluator | None = None
-        if len(ds.test) > 0:
-            test = ds.test
+    tr = trainer or make_trainer(
+        cfg.model,
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        lr=cfg.lr if cfg.lr is not None else 0.05,
+        local_epochs=cfg.local_epochs or 1,
+        batch_size=cfg.batch_size or 32,
+        momentum=cfg.momentum,
+    )
+    st = strategy or make_strategy(
+        cfg.strategy, sampler_for(cfg, ds.num_clients), server_lr=cfg.server_lr
+    )
+    test = ds.test
 
-            def evaluate(parameters: Any) -> Any:
-                return tr.evaluate(parameters, test)
+    def evaluate(parameters: Vector) -> EvalResult:
+        return tr.evaluate(parameters, test)
 
-        if cfg.out is not None:
-            atomic_write(Path(cfg.out) / "config.toml", cfg.to_toml().encode())
-        bar = None
-        if progress is not False:
-            stream = None if progress is True else progress
-            bar = ProgressBar(cfg.rounds, file=stream)
-        on_round = bar if bar is not None else _ignore
-        try:
+    if cfg.out is not None:
+        atomic_write(Path(cfg.out) / "config.toml", cfg.to_toml().encode())
+    bar = None
+    if progress is not False:
+        bar = ProgressBar(cfg.rounds, file=None if progress is True else progress)
+    try:
+        # after the trainer is made, so that torch (if it uses it) is imported by now
+        with _torch_threads(1):
             return run_rounds(
                 InProcessFleet(ds, tr),
                 st,
                 tr.init_parameters(cfg.seed),
                 rounds=cfg.rounds,
-                client_config={
-                    "lr": cfg.lr,
-                    "local_epochs": cfg.local_epochs,
-                    "batch_size": cfg.batch_size,
-                    "seed": cfg.seed,
-                },
-                evaluate=evaluate,
+                client_config=cfg.client_config(),
+                evaluate=evaluate if len(test) > 0 else None,
                 federated_evaluation=len(ds.client(0).test) > 0,
                 min_clients=cfg.min_clients,
                 out_dir=cfg.out,
                 spec=tr.spec,
-                on_round=on_round,
+                on_round=bar,
             )
-        finally:
-            if bar is not None:
-                bar.close()
-
-
-def _ignore(record: RoundRecord) -> None:
-    return None
+    finally:
+        if bar is not None:
+            bar.close()

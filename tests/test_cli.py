@@ -1,0 +1,127 @@
+"""The fedloom command: bad input is one line and exit status 2; good input writes a run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedloom.cli import main
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--model", "resnet"], "unknown model 'resnet'; choose one of: mlp, cnn, logreg"),
+        (["--strategy", "fedfoo"], "unknown strategy 'fedfoo'; choose one of: fedavg"),
+        (["--partition", "zipf:2"], "unknown partition"),
+        (["--fraction", "1.5"], r"--fraction must be in (0, 1], got 1.5"),
+        (["--fraction", "0"], r"--fraction must be in (0, 1], got 0"),
+        (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+        (["--clients", "5000"], "5000 clients but only 1437 training samples"),
+        (["--clients-per-round", "200"], "more than the 100 clients"),
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--dataset", "mnist:/no/such/dir"], "/no/such/dir"),
+        (["missing.toml"], "config file missing.toml does not exist"),
+        (["--model", "cnn", "--dataset", "wine"], "cnn model needs image data"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_status_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    status = main(["simulate", "--quiet", "--rounds", "1", *argv])
+
+    # Assert
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("fedloom: error: ")
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rounds = [", "is not valid TOML"),
+        ("roundz = 3", "unknown setting(s) roundz"),
+        ('rounds = "three"', "setting 'rounds' must be a whole number"),
+        ("fraction = true", "setting 'fraction' must be a number"),
+    ],
+)
+def test_malformed_config_file_is_refused(
+    tmp_path: Path, text: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    assert main(["simulate", "--quiet", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_flags_override_the_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'dataset = "wine"\nmodel = "logreg"\nclients = 4\nrounds = 5\nlocal-epochs = 2\n'
+    )
+    out = tmp_path / "out"
+
+    # Execute
+    status = main(["simulate", str(path), "--rounds", "2", "--quiet", "--out", str(out)])
+
+    # Assert
+    assert status == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [r["round"] for r in history["rounds"]] == [1, 2]
+    assert {"accuracy", "loss", "train_loss", "clients", "seconds"} <= set(history["rounds"][0])
+    assert history["rounds"][0]["clients"] == 4
+    config = (out / "config.toml").read_text()
+    assert "rounds = 2" in config and "local_epochs = 2" in config
+    assert (out / "model.npz").exists()
+    assert "final accuracy" in capsys.readouterr().out
+
+
+def test_heart_disease_runs_on_its_natural_hospital_split(tmp_path: Path) -> None:
+    heart = DATA / "uci_heart_disease"
+    if not heart.is_dir():
+        pytest.skip("../shared/data is not present")
+    status = main(
+        ["simulate", "--quiet", "--dataset", f"heart:{heart}", "--model", "logreg",
+         "--rounds", "3", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert status == 0
+    rounds = json.loads((tmp_path / "history.json").read_text())["rounds"]
+    assert rounds[-1]["clients"] == 4
+    assert rounds[-1]["fed_accuracy"] is not None
+
+
+def test_the_console_command_is_installed_and_has_help() -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("fedloom")), "simulate", "--help"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0
+    for flag in ("--dataset", "--clients-per-round", "--local-epochs", "--partition", "--out"):
+        assert flag in done.stdout
+
+
+def test_a_data_error_from_a_real_process_has_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "mnist"
+    bad.mkdir()
+    (bad / "t10k-images-idx3-ubyte").write_bytes(b"garbage")
+    (bad / "t10k-labels-idx1-ubyte").write_bytes(b"garbage")
+    done = subprocess.run(
+        [sys.executable, "-m", "fedloom.cli", "simulate", "--quiet", "--dataset", f"mnist:{bad}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("fedloom: error: ")
+    assert "Traceback" not in done.stderr
