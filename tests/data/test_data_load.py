@@ -273,3 +273,17 @@ def test_array_data_subset_and_validation() -> None:
         ArrayData(np.zeros((2, 1)), np.array([0.5, 1.0]))
     with pytest.raises(DataError, match=r"shape \(n, d\)"):
         ArrayData(np.zeros(3), np.zeros(3, dtype=np.int64))
+
+
+def test_digits_read_without_importing_sklearn_equal_load_digits() -> None:
+    # Prepare
+    from fedloom.data._builtin import _bundled_digits
+
+    # Execute
+    ours = _bundled_digits()
+    reference = load_digits()
+
+    # Assert
+    assert ours is not None
+    np.testing.assert_array_equal(ours.x, reference.data)
+    np.testing.assert_array_equal(ours.y, reference.target)

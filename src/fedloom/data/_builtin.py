@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,8 +24,26 @@ SYNTHETIC_DIM = 60
 SYNTHETIC_CLASSES = 10
 
 
+def _bundled_digits() -> ArrayData | None:
+    """Digits straight from the CSV inside scikit-learn's package, without importing
+    scikit-learn (its import costs about a second of start-up, mostly SciPy). ``None`` when the
+    file is not where scikit-learn keeps it; the caller then uses ``load_digits``."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            if table.ndim == 2 and table.shape == (1797, 65):
+                return ArrayData(table[:, :-1], table[:, -1].astype(np.int64))
+    return None
+
+
 def load_sklearn(name: str) -> ArrayData:
     """Return a scikit-learn bundled dataset, unscaled (``digits`` pixels are 0..16)."""
+    if name == "digits" and (digits := _bundled_digits()) is not None:
+        return digits
     from sklearn import datasets
 
     loader = {
