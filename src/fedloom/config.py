@@ -17,7 +17,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["SimulationConfig", "load_toml"]
+__all__ = ["BUILTIN_MODEL_SGD", "SimulationConfig", "load_toml"]
+
+BUILTIN_MODEL_SGD = {"lr": 0.05, "local_epochs": 5, "batch_size": 10}
+"""Local SGD of the built-in models when the settings leave it unset: E = 5 and B = 10 as in
+McMahan et al. (2017)."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ class SimulationConfig:
         Clients sampled per round, as a fraction in (0, 1] or a count; neither means all.
     local_epochs, batch_size, lr, momentum
         Each client's local SGD. ``None`` leaves the trainer's own default (for the built-in
-        models: 1 epoch, batch 32, lr 0.05); a value is sent to every client each round.
+        models, :data:`BUILTIN_MODEL_SGD`: lr 0.05, 5 epochs, batch 10); a value is sent to
+        every client each round.
         ``momentum`` configures the built-in models' SGD only.
     partition
         ``iid``, ``dirichlet:ALPHA``, ``shards:K``, ``quantity:SIGMA`` or ``natural``; ``None``

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from fedloom._io import atomic_write
 from fedloom.client import EvalResult, Trainer, make_trainer
-from fedloom.config import SimulationConfig
+from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig
 from fedloom.data import FederatedDataset, load_dataset
 from fedloom.errors import ConfigError
 from fedloom.params import Vector
@@ -110,9 +110,9 @@ def simulate(
         cfg.model,
         input_shape=ds.input_shape,
         num_classes=ds.num_classes,
-        lr=cfg.lr if cfg.lr is not None else 0.05,
-        local_epochs=cfg.local_epochs or 1,
-        batch_size=cfg.batch_size or 32,
+        lr=cfg.lr if cfg.lr is not None else BUILTIN_MODEL_SGD["lr"],
+        local_epochs=cfg.local_epochs or int(BUILTIN_MODEL_SGD["local_epochs"]),
+        batch_size=cfg.batch_size or int(BUILTIN_MODEL_SGD["batch_size"]),
         momentum=cfg.momentum,
     )
     st = strategy or make_strategy(
