@@ -130,3 +130,21 @@ def test_a_failing_client_is_named_or_dropped_as_asked() -> None:
         InProcessFleet(ds, trainer, on_error="drop"), fedavg(), start, rounds=1
     )
     assert dropped.history.rounds[0].clients == 1
+
+
+def test_momentum_with_your_own_trainer_is_refused_not_ignored() -> None:
+    ds = fedloom.from_arrays(_clients(), num_classes=2)
+    with pytest.raises(ConfigError, match="momentum configures the built-in models only"):
+        fedloom.simulate(dataset=ds, trainer=LinearTrainer(3, 2), momentum=0.9)
+
+
+def test_python_dash_m_fedloom_is_the_cli() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "fedloom", "simulate", "--rounds", "0"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "fedloom: error: --rounds must be at least 1, got 0"

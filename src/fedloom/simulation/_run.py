@@ -105,6 +105,11 @@ def simulate(
     if dataset is not None:
         cfg = cfg.replace(dataset=ds.name, clients=ds.num_clients, partition=None)
     if trainer is not None:
+        if cfg.momentum:
+            raise ConfigError(
+                "momentum configures the built-in models only; give your own trainer its "
+                "optimizer settings (TorchTrainer(..., momentum=...)) and leave momentum unset"
+            )
         cfg = cfg.replace(model="custom")
     tr = trainer or make_trainer(
         cfg.model,
