@@ -22,7 +22,8 @@ class InProcessFleet:
     Clients are named ``"0"``, ``"1"``, ... after their index in the dataset. Their data is
     sliced on demand; the per-client state a handler keeps (``ClientContext.state``) lives here
     for the fleet's lifetime. Replies are produced lazily, in the order of the instructions, so
-    a streaming aggregator holds one update at a time.
+    a streaming aggregator holds one update at a time. The ``timeout`` of :meth:`exchange` is
+    not enforced: every simulated client runs to completion.
 
     Parameters
     ----------

@@ -62,7 +62,7 @@ class FractionSampler:
             raise ConfigError(f"min_clients must be at least 1, got {self.min_clients}")
 
     def select(self, available: Sequence[str], round: int) -> list[str]:
-        count = max(self.min_clients, int(round_half_up(self.fraction * len(available))))
+        count = max(self.min_clients, round_half_up(self.fraction * len(available)))
         return _draw(available, count, self.seed, round)
 
 
