@@ -32,3 +32,8 @@ lint: install
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+
+# fedloom's simulation throughput alone; drop --skip-flower to run Flower side by side
+# (builds its environment in /tmp/flower-bench once; several minutes).
+bench: install
+	$(BIN)/python benchmarks/simulation_throughput.py --clients 10 100 1000 --rounds 5 --skip-flower
