@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fedloom.client import MODELS
-from fedloom.config import SimulationConfig, load_toml
+from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig, load_toml
 from fedloom.data import DATASETS, PARTITIONS
 from fedloom.errors import ConfigError, DataError, FedloomError
 from fedloom.strategy import STRATEGIES
@@ -50,9 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     group = sim.add_mutually_exclusive_group()
     group.add_argument("--fraction", type=float, help="fraction of clients per round, in (0, 1]")
     group.add_argument("--clients-per-round", type=int, help="clients sampled per round")
-    add("--local-epochs", type=int, help="local epochs per round (default 5)")
-    add("--batch-size", type=int, help="local batch size (default 10)")
-    add("--lr", type=float, help="client learning rate (default 0.05)")
+    sgd = BUILTIN_MODEL_SGD
+    add("--local-epochs", type=int, help=f"local epochs per round (default {sgd.local_epochs})")
+    add("--batch-size", type=int, help=f"local batch size (default {sgd.batch_size})")
+    add("--lr", type=float, help=f"client learning rate (default {sgd.lr})")
     add("--momentum", type=float, help="client SGD momentum (default 0)")
     add("--partition", help=f"one of: {', '.join(PARTITIONS)} (default iid, or natural)")
     add("--strategy", help=f"one of: {', '.join(sorted(STRATEGIES))} (default fedavg)")

@@ -17,9 +17,19 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["BUILTIN_MODEL_SGD", "SimulationConfig", "load_toml"]
+__all__ = ["BUILTIN_MODEL_SGD", "LocalSGD", "SimulationConfig", "load_toml"]
 
-BUILTIN_MODEL_SGD = {"lr": 0.05, "local_epochs": 5, "batch_size": 10}
+
+@dataclass(frozen=True)
+class LocalSGD:
+    """A client's local SGD: learning rate, epochs per round, batch size."""
+
+    lr: float
+    local_epochs: int
+    batch_size: int
+
+
+BUILTIN_MODEL_SGD = LocalSGD(lr=0.05, local_epochs=5, batch_size=10)
 """Local SGD of the built-in models when the settings leave it unset: E = 5 and B = 10 as in
 McMahan et al. (2017)."""
 

@@ -115,9 +115,9 @@ def simulate(
         cfg.model,
         input_shape=ds.input_shape,
         num_classes=ds.num_classes,
-        lr=cfg.lr if cfg.lr is not None else BUILTIN_MODEL_SGD["lr"],
-        local_epochs=cfg.local_epochs or int(BUILTIN_MODEL_SGD["local_epochs"]),
-        batch_size=cfg.batch_size or int(BUILTIN_MODEL_SGD["batch_size"]),
+        lr=cfg.lr if cfg.lr is not None else BUILTIN_MODEL_SGD.lr,
+        local_epochs=cfg.local_epochs or BUILTIN_MODEL_SGD.local_epochs,
+        batch_size=cfg.batch_size or BUILTIN_MODEL_SGD.batch_size,
         momentum=cfg.momentum,
     )
     st = strategy or make_strategy(
