@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedloom.cli import main
+from fedloom.strategy import STRATEGIES
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -30,6 +31,13 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
         (["--dataset", "mnist:/no/such/dir"], "/no/such/dir"),
         (["missing.toml"], "config file missing.toml does not exist"),
         (["--model", "cnn", "--dataset", "wine"], "cnn model needs image data"),
+        (["--mu", "0.1"], "strategy 'fedavg' does not take --mu; it applies to: fedprox"),
+        (["--strategy", "krum", "--byzantine", "60"], "needs n > 2f + 2"),
+        (["--strategy", "trimmed-mean", "--trim", "0.5"], "--trim"),
+        (["--strategy", "fedadam", "--tau", "0"], "--tau must be positive"),
+        (["--attack", "sign-flip"], "--attack"),
+        (["--dropout", "1"], "--dropout must be in [0, 1)"),
+        (["--straggler-policy", "maybe"], "--straggler-policy must be drop or keep"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(
@@ -125,3 +133,43 @@ def test_a_data_error_from_a_real_process_has_no_traceback(tmp_path: Path) -> No
     assert done.returncode == 2
     assert done.stderr.startswith("fedloom: error: ")
     assert "Traceback" not in done.stderr
+
+
+def test_help_lists_every_strategy_and_its_hyperparameters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name in STRATEGIES:
+        assert name in out
+    for flag in (
+        "--mu",
+        "--server-momentum",
+        "--beta1",
+        "--beta2",
+        "--tau",
+        "--trim",
+        "--byzantine",
+        "--krum-m",
+        "--stragglers",
+        "--dropout",
+        "--attack",
+    ):
+        assert flag in out
+
+
+def test_a_robust_strategy_under_attack_runs_from_the_cli(tmp_path: Path) -> None:
+    # Execute
+    status = main([
+        "simulate", "--quiet", "--model", "logreg", "--clients", "20", "--rounds", "3",
+        "--strategy", "bulyan", "--byzantine", "4", "--attack", "sign-flip:0.2",
+        "--out", str(tmp_path),
+    ])  # fmt: skip
+
+    # Assert
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert status == 0
+    assert len(history["run"]["malicious_clients"]) == 4
+    assert history["rounds"][-1]["accuracy"] > 0.8
+    assert 'strategy = "bulyan"' in (tmp_path / "config.toml").read_text()

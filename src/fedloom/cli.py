@@ -17,6 +17,7 @@ from fedloom.client import MODELS
 from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig, load_toml
 from fedloom.data import DATASETS, PARTITIONS
 from fedloom.errors import ConfigError, DataError, FedloomError
+from fedloom.simulation._attack import ATTACKS
 from fedloom.strategy import STRATEGIES
 from fedloom.tracking import summary
 
@@ -56,8 +57,32 @@ def _parser() -> argparse.ArgumentParser:
     add("--lr", type=float, help=f"client learning rate (default {sgd.lr})")
     add("--momentum", type=float, help="client SGD momentum (default 0)")
     add("--partition", help=f"one of: {', '.join(PARTITIONS)} (default iid, or natural)")
-    add("--strategy", help=f"one of: {', '.join(sorted(STRATEGIES))} (default fedavg)")
-    add("--server-lr", type=float, help="server learning rate (default 1.0)")
+    add("--strategy", help=f"one of: {', '.join(STRATEGIES)} (default fedavg)")
+    opts = sim.add_argument_group(
+        "strategy hyperparameters", "unset ones take the strategy's default (see the README)"
+    )
+    opt = opts.add_argument
+    opt("--server-lr", type=float, help="server learning rate (1.0; FedOpt 0.01)")
+    opt("--server-momentum", type=float, help="fedavgm: server momentum β (0.9)")
+    opt("--mu", type=float, help="fedprox: proximal term weight μ (0.01)")
+    opt("--beta1", type=float, help="fedadam/fedyogi/fedadagrad: first moment decay (0.9)")
+    opt("--beta2", type=float, help="fedadam/fedyogi: second moment decay (0.99)")
+    opt("--tau", type=float, help="fedadam/fedyogi/fedadagrad: adaptivity τ (0.001)")
+    opt("--trim", type=float, help="trimmed-mean: fraction cut at each end (0.1)")
+    opt("--byzantine", type=int, help="krum/multi-krum/bulyan: attackers tolerated, f (0)")
+    opt("--krum-m", type=int, help="multi-krum: updates averaged, m (n - f)")
+    cond = sim.add_argument_group("simulated conditions and adversaries")
+    cond.add_argument(
+        "--stragglers", type=float, help="fraction of each round's clients that run 1..E epochs"
+    )
+    cond.add_argument(
+        "--straggler-policy", help="keep or drop stragglers' partial work (fedprox keeps)"
+    )
+    cond.add_argument("--dropout", type=float, help="fraction of each round's clients that vanish")
+    cond.add_argument(
+        "--attack", metavar="KIND:FRACTION", help=f"malicious clients: {', '.join(ATTACKS)}"
+    )
+    cond.add_argument("--attack-scale", type=float, help="the attack's k (its default if unset)")
     add("--seed", type=int, help="random seed (default 0)")
     add("--local-test-fraction", type=float, help="each client's local test share (default 0)")
     add("--test-fraction", type=float, help="central test share (default 0.2)")

@@ -59,8 +59,24 @@ class SimulationConfig:
     partition
         ``iid``, ``dirichlet:ALPHA``, ``shards:K``, ``quantity:SIGMA`` or ``natural``; ``None``
         means ``natural`` where the dataset has a natural split, else ``iid``.
-    strategy, server_lr
-        The strategy preset and its server learning rate.
+    strategy
+        The strategy preset (``fedavg``, ``fedprox``, ``fedadam``, ``krum``, ...).
+    server_lr, server_momentum, mu, beta1, beta2, tau, trim, byzantine, krum_m
+        The preset's hyperparameters; ``None`` takes the preset's default, and setting one the
+        preset does not take is an error. ``server_momentum`` is FedAvgM's β, ``mu`` FedProx's
+        proximal weight, ``beta1``/``beta2``/``tau`` the FedOpt moments and adaptivity,
+        ``trim`` the trimmed mean's fraction cut at each end, ``byzantine`` the number of
+        attackers f that Krum, Multi-Krum and Bulyan tolerate, ``krum_m`` Multi-Krum's m.
+    stragglers, straggler_policy
+        The fraction of each round's clients that can run only 1 to E local epochs (chosen at
+        random), and whether their partial work is kept or dropped (``None``: the strategy's
+        policy, ``keep`` for fedprox and ``drop`` otherwise, as in the FedProx paper).
+    dropout
+        The fraction of each round's clients that never answer.
+    attack, attack_scale
+        ``KIND:FRACTION`` makes that fraction of clients malicious for the whole run
+        (``sign-flip``, ``gaussian``, ``label-flip`` or ``scale``); ``attack_scale`` is the
+        attack's k (``None``: the kind's default).
     seed
         Seeds sampling, data splits, initialisation and local training.
     local_test_fraction, test_fraction
@@ -84,7 +100,20 @@ class SimulationConfig:
     momentum: float = 0.0
     partition: str | None = None
     strategy: str = "fedavg"
-    server_lr: float = 1.0
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    mu: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    tau: float | None = None
+    trim: float | None = None
+    byzantine: int | None = None
+    krum_m: int | None = None
+    stragglers: float = 0.0
+    straggler_policy: str | None = None
+    dropout: float = 0.0
+    attack: str | None = None
+    attack_scale: float | None = None
     seed: int = 0
     local_test_fraction: float = 0.0
     test_fraction: float = 0.2
@@ -102,6 +131,8 @@ class SimulationConfig:
         for name, value in positive.items():
             if value is not None and value < 1:
                 raise ConfigError(f"{_flag(name)} must be at least 1, got {value}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be 0 or more, got {self.seed}")
         if self.clients is not None and self.clients < 1:
             raise ConfigError(f"--clients must be at least 1, got {self.clients}")
         if self.clients_per_round is not None and self.clients_per_round < 1:
@@ -114,8 +145,13 @@ class SimulationConfig:
             raise ConfigError("give --fraction or --clients-per-round, not both")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if not self.server_lr > 0:
-            raise ConfigError(f"--server-lr must be positive, got {self.server_lr}")
+        for name in ("stragglers", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if self.straggler_policy not in (None, "drop", "keep"):
+            raise ConfigError(
+                f"--straggler-policy must be drop or keep, got {self.straggler_policy!r}"
+            )
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 <= self.local_test_fraction < 1.0:
@@ -133,6 +169,10 @@ class SimulationConfig:
             if value is not None:
                 sent[key] = value
         return sent
+
+    def strategy_options(self) -> dict[str, Any]:
+        """The strategy hyperparameters that are set, for :func:`fedloom.strategy.make_strategy`."""
+        return {k: getattr(self, k) for k in STRATEGY_SETTINGS if getattr(self, k) is not None}
 
     def replace(self, **changes: Any) -> SimulationConfig:
         """A copy with ``changes`` applied and validated."""
@@ -162,6 +202,10 @@ class SimulationConfig:
 
 
 _FIELDS = {f.name for f in fields(SimulationConfig)}
+STRATEGY_SETTINGS = (
+    "server_lr", "server_momentum", "mu", "beta1", "beta2", "tau", "trim", "byzantine", "krum_m",
+)  # fmt: skip
+"""The settings that are strategy hyperparameters."""
 _HINTS = get_type_hints(SimulationConfig)
 
 

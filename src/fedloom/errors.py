@@ -51,10 +51,13 @@ class ClientError(FedloomError):
 class RoundFailedError(FedloomError):
     """Fewer clients answered than the round needs."""
 
-    def __init__(self, round: int, phase: str, answered: int, needed: int) -> None:
+    def __init__(
+        self, round: int, phase: str, answered: int, needed: int, why: str | None = None
+    ) -> None:
+        because = f" ({why})" if why else ""
         super().__init__(
-            f"round {round}, phase {phase!r}: only {answered} client(s) answered, "
-            f"{needed} needed; lower the minimum or lengthen the round timeout"
+            f"round {round}, phase {phase!r}: only {answered} client(s) answered acceptably, "
+            f"{needed} needed{because}; lower the minimum or lengthen the round timeout"
         )
         self.round = round
         self.phase = phase

@@ -175,6 +175,9 @@ class TwoPhaseSum:
     """A mechanism with a key phase before fit, as secure aggregation has: it asks every client
     for a number, then sends each client the sum of all numbers with the model."""
 
+    def init(self, parameters: np.ndarray) -> None:
+        return None
+
     def run(self, ctx: RoundContext) -> RoundSteps:
         hello = Instruction(ctx.round, "hello")
         replies = yield dict.fromkeys(ctx.selected, hello)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedloom.client._scaffold import CONTROL_KEY, scaffold_fit
 from fedloom.client._trainer import Trainer, client_seed
 from fedloom.data import ClientData
 from fedloom.errors import ClientError
@@ -33,10 +34,16 @@ Handler = Callable[[ClientContext, Instruction], Reply]
 
 
 def fit(ctx: ClientContext, ins: Instruction) -> Reply:
-    """Train from the global model on local data; reply with the update (trained - global)."""
+    """Train from the global model on local data; reply with the update (trained - global).
+
+    A SCAFFOLD server's instruction carries its control variate; then the client trains with
+    SCAFFOLD's corrected steps (see :mod:`fedloom.client._scaffold`).
+    """
     if ins.parameters is None:
         raise ClientError(ctx.client_id, ins.round, ins.phase, "fit needs the global model")
     seed = client_seed(int(ins.config.get("seed", 0)), ins.round, ctx.client_id)
+    if CONTROL_KEY in ins.payload:
+        return scaffold_fit(ctx, ins, seed)
     result = ctx.trainer.fit(ins.parameters, ctx.data.train, ins.config, seed)
     delta = result.parameters - ins.parameters
     return Reply(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from fedloom.client._trainer import EvalResult, FitResult, setting
+from fedloom.client._trainer import EvalResult, FitResult, proximal_mu, setting
 from fedloom.data import ArrayData
 from fedloom.errors import ConfigError
 from fedloom.messages import Config
@@ -27,7 +27,8 @@ class LinearTrainer:
     ``SGDClassifier(loss="log_loss")`` but one model for all classes.
 
     Parameters are ``weight`` (classes x features) and ``bias`` (classes), initialised to zero.
-    The loss is the mean cross-entropy plus ``l2 / 2 * ||weight||^2``.
+    The loss is the mean cross-entropy plus ``l2 / 2 * ||weight||^2`` (plus FedProx's proximal
+    term when the client config sets ``mu``).
 
     Parameters
     ----------
@@ -72,15 +73,31 @@ class LinearTrainer:
         n_w = self._spec.sizes[0]
         return vec[:n_w].reshape(self._spec.shapes[0]), vec[n_w:]
 
-    def fit(self, parameters: Vector, data: ArrayData, config: Config, seed: int) -> FitResult:
+    def fit(
+        self,
+        parameters: Vector,
+        data: ArrayData,
+        config: Config,
+        seed: int,
+        correction: Vector | None = None,
+    ) -> FitResult:
+        """Minibatch SGD from ``parameters``.
+
+        Each step's gradient gets ``mu * (w - parameters)`` (FedProx, ``config["mu"]``) and
+        ``correction`` (SCAFFOLD's ``c - c_i``) added when they are given.
+        """
         lr = setting(config, "lr", self._defaults["lr"], float)
         epochs = int(setting(config, "local_epochs", self._defaults["local_epochs"], int))
         batch = int(setting(config, "batch_size", self._defaults["batch_size"], int))
+        mu = proximal_mu(config)
         weight, bias = self._split(parameters)
+        anchor_w, anchor_b = weight.copy(), bias.copy()
+        corr_w, corr_b = self._split(correction) if correction is not None else (None, None)
         x = data.x.astype(np.float64, copy=False)
         n = len(data)
         rng = np.random.default_rng(seed)
         loss_sum = 0.0
+        steps = 0
         for _ in range(epochs):
             order = rng.permutation(n)
             for start in range(0, n, batch):
@@ -91,11 +108,20 @@ class LinearTrainer:
                 grad = np.exp(logp)
                 grad[np.arange(len(idx)), yb] -= 1.0
                 grad /= len(idx)
-                weight -= lr * (grad.T @ xb + self.l2 * weight)
-                bias -= lr * grad.sum(axis=0)
+                grad_w = grad.T @ xb + self.l2 * weight
+                grad_b = grad.sum(axis=0)
+                if mu:
+                    grad_w += mu * (weight - anchor_w)
+                    grad_b += mu * (bias - anchor_b)
+                if corr_w is not None and corr_b is not None:
+                    grad_w += corr_w
+                    grad_b += corr_b
+                weight -= lr * grad_w
+                bias -= lr * grad_b
+                steps += 1
         out = np.concatenate([weight.ravel(), bias]).astype(np.float32)
         metrics = {"train_loss": loss_sum / max(n * epochs, 1)}
-        return FitResult(out, n, metrics)
+        return FitResult(out, n, metrics, steps=steps, lr=lr)
 
     def evaluate(self, parameters: Vector, data: ArrayData) -> EvalResult:
         n = len(data)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from fedloom.client._trainer import EvalResult, FitResult, setting
+from fedloom.client._trainer import EvalResult, FitResult, proximal_mu, setting
 from fedloom.data import ArrayData
 from fedloom.messages import Config
 from fedloom.params import ParamSpec, Vector
@@ -63,6 +63,22 @@ class _SGD:
                         buf.mul_(self._momentum).add_(grad)
                     grad = buf
                 p.add_(grad, alpha=-self._lr)
+
+
+def _add_terms(
+    terms: list[tuple[torch.nn.Parameter, torch.Tensor | None, torch.Tensor | None]], mu: float
+) -> None:
+    """Add the proximal gradient ``mu * (w - anchor)`` and the correction to each gradient."""
+    import torch
+
+    with torch.no_grad():
+        for p, anchor, corr in terms:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            if anchor is not None:
+                p.grad.add_(p - anchor, alpha=mu)
+            if corr is not None:
+                p.grad.add_(corr)
 
 
 class TorchTrainer:
@@ -124,6 +140,10 @@ class TorchTrainer:
             tuple(tuple(t.shape) for t in self._tensors),
             tuple(str(t.dtype).removeprefix("torch.") for t in self._tensors),
         )
+        offsets = np.cumsum([0, *self._spec.sizes])
+        self._slices = {
+            name: slice(int(offsets[i]), int(offsets[i + 1])) for i, name in enumerate(names)
+        }
 
     @property
     def spec(self) -> ParamSpec:
@@ -170,12 +190,40 @@ class TorchTrainer:
             return self._optimizer(params, lr)
         return _SGD(list(params), lr, self._momentum)
 
-    def fit(self, parameters: Vector, data: ArrayData, config: Config, seed: int) -> FitResult:
+    def _gradient_terms(
+        self, mu: float, correction: Vector | None
+    ) -> list[tuple[torch.nn.Parameter, torch.Tensor | None, torch.Tensor | None]]:
+        """Per trainable parameter: its proximal anchor (when ``mu``) and correction slice."""
+        terms = []
+        corr = None
+        if correction is not None:
+            corr = self._torch.from_numpy(np.array(self._spec.check(correction), copy=True))
+        for name, p in self._model.named_parameters():
+            anchor = p.detach().clone() if mu else None
+            part = corr[self._slices[name]].view_as(p) if corr is not None else None
+            terms.append((p, anchor, part))
+        return terms
+
+    def fit(
+        self,
+        parameters: Vector,
+        data: ArrayData,
+        config: Config,
+        seed: int,
+        correction: Vector | None = None,
+    ) -> FitResult:
+        """Minibatch training from ``parameters``.
+
+        Each step's gradient gets ``mu * (w - parameters)`` (FedProx, ``config["mu"]``) and
+        ``correction`` (SCAFFOLD's ``c - c_i``) added when they are given.
+        """
         torch = self._torch
         lr = setting(config, "lr", self._defaults["lr"], float)
         epochs = int(setting(config, "local_epochs", self._defaults["local_epochs"], int))
         batch = int(setting(config, "batch_size", self._defaults["batch_size"], int))
+        mu = proximal_mu(config)
         self.load(parameters)
+        terms = self._gradient_terms(mu, correction) if mu or correction is not None else []
         x, y = self._tensors_of(data)
         n = len(data)
         torch.random.default_generator.manual_seed(seed)  # dropout and other random layers
@@ -184,6 +232,7 @@ class TorchTrainer:
         model = self._model
         model.train()
         loss_sum = 0.0
+        steps = 0
         for _ in range(epochs):
             order = torch.randperm(n, generator=order_rng)
             for start in range(0, n, batch):
@@ -191,10 +240,13 @@ class TorchTrainer:
                 opt.zero_grad()
                 loss = self._loss_fn(model(x[idx]), y[idx])
                 loss.backward()  # type: ignore[no-untyped-call]
+                if terms:
+                    _add_terms(terms, mu)
                 opt.step()
+                steps += 1
                 loss_sum += float(loss.item()) * len(idx)
         metrics = {"train_loss": loss_sum / max(n * epochs, 1)}
-        return FitResult(self.parameters(), n, metrics)
+        return FitResult(self.parameters(), n, metrics, steps=steps, lr=lr)
 
     def evaluate(self, parameters: Vector, data: ArrayData) -> EvalResult:
         n = len(data)

@@ -13,16 +13,30 @@ from fedloom.errors import ConfigError
 from fedloom.messages import Config, Metrics
 from fedloom.params import ParamSpec, Vector
 
-__all__ = ["EvalResult", "FitResult", "Trainer", "client_seed", "setting"]
+__all__ = [
+    "CorrectableTrainer",
+    "EvalResult",
+    "FitResult",
+    "Trainer",
+    "client_seed",
+    "proximal_mu",
+    "setting",
+]
 
 
 @dataclass(frozen=True)
 class FitResult:
-    """Trained parameters, the number of examples trained on, and training metrics."""
+    """Trained parameters, the number of examples trained on, and training metrics.
+
+    ``steps`` (local optimizer steps taken) and ``lr`` (the local learning rate) are what
+    SCAFFOLD's control variate update needs; trainers that support SCAFFOLD report them.
+    """
 
     parameters: Vector
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+    steps: int | None = None
+    lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,9 @@ class Trainer(Protocol):
 
     A trainer owns no federated state: every call gets the parameters to start from, so one
     trainer (and one model object) serves every client a worker simulates.
+
+    ``fit`` reads ``lr``, ``local_epochs`` and ``batch_size`` from ``config`` when present, and
+    ``mu``: FedProx's proximal term ``mu/2 * ||w - parameters||^2`` added to the local objective.
     """
 
     @property
@@ -57,6 +74,34 @@ class Trainer(Protocol):
     def evaluate(self, parameters: Vector, data: ArrayData) -> EvalResult:
         """Loss and accuracy of ``parameters`` on ``data``."""
         ...
+
+
+class CorrectableTrainer(Trainer, Protocol):
+    """A trainer whose local steps can take a fixed gradient correction: SCAFFOLD's ``c - c_i``.
+
+    Each local step descends along ``gradient + correction`` (``correction`` is a packed vector
+    like the parameters), and :class:`FitResult` reports ``steps`` and ``lr``. The built-in
+    trainers are correctable.
+    """
+
+    def fit(
+        self,
+        parameters: Vector,
+        data: ArrayData,
+        config: Config,
+        seed: int,
+        correction: Vector | None = None,
+    ) -> FitResult:
+        """Train as :meth:`Trainer.fit`, adding ``correction`` to every step's gradient."""
+        ...
+
+
+def proximal_mu(config: Config) -> float:
+    """FedProx's ``mu`` from a client config: 0 when absent; a clear error when negative."""
+    mu = setting(config, "mu", 0.0, float)
+    if mu < 0:
+        raise ConfigError(f"client setting 'mu' must be at least 0, got {mu}")
+    return mu
 
 
 def setting(config: Config, key: str, default: float, kind: type[float] | type[int]) -> float:

@@ -16,7 +16,14 @@ from fedloom.messages import Config, Instruction, Reply, RoundRecord
 from fedloom.params import ParamSpec, Vector
 from fedloom.server._checkpoint import Checkpoint, save_checkpoint
 from fedloom.server._fleet import Fleet
-from fedloom.strategy import RoundContext, RoundOutcome, RoundSteps, Strategy
+from fedloom.strategy import (
+    RoundContext,
+    RoundOutcome,
+    RoundSteps,
+    Strategy,
+    required_updates,
+    requirement,
+)
 from fedloom.tracking import History
 
 __all__ = ["RunResult", "run_rounds"]
@@ -82,6 +89,7 @@ def run_rounds(
     out_dir: str | os.PathLike[str] | None = None,
     spec: ParamSpec | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
+    run_info: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Train for ``rounds`` rounds and return the final model and the history.
 
@@ -90,6 +98,7 @@ def run_rounds(
     ``min_clients`` updates were accepted, applies the server optimizer, evaluates (centrally with
     ``evaluate``; on the selected clients' local test splits when ``federated_evaluation``), and,
     when ``out_dir`` is given, saves ``model.npz`` (needs ``spec``) and ``history.json`` there.
+    ``run_info`` (the malicious clients of a simulated attack, say) is kept in the history.
 
     Raises
     ------
@@ -99,7 +108,9 @@ def run_rounds(
     config: dict[str, Any] = {**(client_config or {}), **strategy.client_config}
     agg_state = strategy.aggregator.init(parameters.shape[0])
     opt_state = strategy.optimizer.init(parameters)
-    history = History()
+    mech_state = strategy.mechanism.init(parameters)
+    needed = max(min_clients, required_updates(strategy.aggregator))
+    history = History(info=dict(run_info or {}))
     out = Path(out_dir) if out_dir is not None else None
     for round in range(1, rounds + 1):
         started = time.perf_counter()
@@ -107,11 +118,16 @@ def run_rounds(
         if len(available) < min_clients:
             raise RoundFailedError(round, "sample", len(available), min_clients)
         selected = strategy.sampler.select(available, round)
-        ctx = RoundContext(round, selected, parameters, config, strategy.aggregator, agg_state)
+        ctx = RoundContext(
+            round, selected, parameters, config, strategy.aggregator, agg_state,
+            num_clients=len(available), state=mech_state,
+        )  # fmt: skip
         outcome = drive(strategy.mechanism.run(ctx), fleet, round_timeout)
-        if outcome.aggregate.count < min_clients:
-            raise RoundFailedError(round, "fit", outcome.aggregate.count, min_clients)
-        agg_state = outcome.aggregator_state
+        if outcome.aggregate.count < needed:
+            raise RoundFailedError(
+                round, "fit", outcome.aggregate.count, needed, requirement(strategy.aggregator)
+            )
+        agg_state, mech_state = outcome.aggregator_state, outcome.state
         parameters, opt_state = strategy.optimizer.step(
             parameters, outcome.aggregate.vector, opt_state
         )

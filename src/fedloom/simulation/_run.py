@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,9 @@ from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig
 from fedloom.data import FederatedDataset, load_dataset
 from fedloom.errors import ConfigError
 from fedloom.params import Vector
-from fedloom.server import RunResult, run_rounds
+from fedloom.server import Fleet, RunResult, run_rounds
+from fedloom.simulation._attack import Attack, attacked_app
+from fedloom.simulation._conditions import SimulatedConditions
 from fedloom.simulation._fleet import InProcessFleet
 from fedloom.strategy import (
     AllClients,
@@ -23,7 +26,10 @@ from fedloom.strategy import (
     Sampler,
     Strategy,
     make_strategy,
+    required_updates,
+    requirement,
 )
+from fedloom.strategy._sampler import round_half_up
 from fedloom.tracking import ProgressBar
 
 __all__ = ["simulate"]
@@ -39,8 +45,72 @@ def sampler_for(config: SimulationConfig, num_clients: int) -> Sampler:
             )
         return CountSampler(config.clients_per_round, seed=config.seed)
     if config.fraction is not None:
-        return FractionSampler(config.fraction, seed=config.seed)
+        return FractionSampler(config.fraction, seed=config.seed, min_clients=config.min_clients)
     return AllClients()
+
+
+def cohort_size(config: SimulationConfig, num_clients: int) -> int:
+    """How many clients the settings sample each round."""
+    if config.clients_per_round is not None:
+        return config.clients_per_round
+    if config.fraction is not None:
+        return max(config.min_clients, round_half_up(config.fraction * num_clients))
+    return num_clients
+
+
+def _fleet(
+    cfg: SimulationConfig,
+    ds: FederatedDataset,
+    trainer: Trainer,
+    strategy: Strategy,
+    *,
+    custom_trainer: bool,
+) -> tuple[Fleet, dict[str, Any]]:
+    """The in-process fleet, with attackers, dropout and stragglers as the settings ask."""
+    info: dict[str, Any] = {}
+    cohort = cohort_size(cfg, ds.num_clients)
+    app = None
+    if cfg.attack is not None:
+        attack = Attack.parse(cfg.attack)
+        if cfg.attack_scale is not None:
+            attack = dataclasses.replace(attack, scale=cfg.attack_scale)
+        ids = [str(i) for i in range(ds.num_clients)]
+        malicious = attack.choose(ids, cfg.seed)
+        app = attacked_app(attack, malicious, num_classes=ds.num_classes, cohort_size=cohort)
+        info = {"attack": cfg.attack, "malicious_clients": list(malicious)}
+    elif cfg.attack_scale is not None:
+        raise ConfigError("--attack-scale needs --attack KIND:FRACTION")
+    fleet: Fleet = InProcessFleet(ds, trainer, app=app)
+    policy = cfg.straggler_policy or strategy.straggler_policy
+    answering = cohort - round_half_up(cfg.dropout * cohort)
+    if policy == "drop":
+        answering -= min(answering, round_half_up(cfg.stragglers * cohort))
+    needed = max(cfg.min_clients, required_updates(strategy.aggregator))
+    if answering < needed:
+        why = requirement(strategy.aggregator) or f"--min-clients is {cfg.min_clients}"
+        raise ConfigError(
+            f"each round samples {cohort} client(s) and {answering} of them answer, but "
+            f"{needed} accepted updates are needed ({why}); sample more clients, or lower "
+            f"--dropout, --stragglers, --byzantine or --min-clients"
+        )
+    if cfg.dropout or cfg.stragglers:
+        epochs = cfg.local_epochs
+        if epochs is None and not custom_trainer:
+            epochs = BUILTIN_MODEL_SGD.local_epochs
+        if cfg.stragglers and epochs is None:
+            raise ConfigError(
+                "--stragglers needs --local-epochs when you bring your own trainer: a straggler "
+                "runs between 1 and that many epochs"
+            )
+        fleet = SimulatedConditions(
+            fleet,
+            dropout=cfg.dropout,
+            stragglers=cfg.stragglers,
+            straggler_policy="keep" if policy == "keep" else "drop",
+            local_epochs=epochs,
+            seed=cfg.seed,
+        )
+    return fleet, info
 
 
 @contextlib.contextmanager
@@ -121,8 +191,9 @@ def simulate(
         momentum=cfg.momentum,
     )
     st = strategy or make_strategy(
-        cfg.strategy, sampler_for(cfg, ds.num_clients), server_lr=cfg.server_lr
+        cfg.strategy, sampler_for(cfg, ds.num_clients), **cfg.strategy_options()
     )
+    fleet, run_info = _fleet(cfg, ds, tr, st, custom_trainer=trainer is not None)
     test = ds.test
 
     def evaluate(parameters: Vector) -> EvalResult:
@@ -137,7 +208,7 @@ def simulate(
         # after the trainer is made, so that torch (if it uses it) is imported by now
         with _torch_threads(1):
             return run_rounds(
-                InProcessFleet(ds, tr),
+                fleet,
                 st,
                 tr.init_parameters(cfg.seed),
                 rounds=cfg.rounds,
@@ -148,6 +219,7 @@ def simulate(
                 out_dir=cfg.out,
                 spec=tr.spec,
                 on_round=bar,
+                run_info=run_info,
             )
     finally:
         if bar is not None:

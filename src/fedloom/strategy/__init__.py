@@ -1,6 +1,12 @@
 """Strategies and their pieces: samplers, aggregators, server optimizers, round mechanisms."""
 
-from fedloom.strategy._aggregate import Aggregate, Aggregator, WeightedMean
+from fedloom.strategy._aggregate import (
+    Aggregate,
+    Aggregator,
+    WeightedMean,
+    required_updates,
+    requirement,
+)
 from fedloom.strategy._mechanism import (
     PlainRound,
     RoundContext,
@@ -8,27 +14,68 @@ from fedloom.strategy._mechanism import (
     RoundOutcome,
     RoundSteps,
 )
-from fedloom.strategy._optimizer import ServerOptimizer, ServerSGD
+from fedloom.strategy._optimizer import AdaptiveState, ServerAdaptive, ServerOptimizer, ServerSGD
+from fedloom.strategy._robust import Bulyan, Krum, Median, MultiKrum, TrimmedMean
 from fedloom.strategy._sampler import AllClients, CountSampler, FractionSampler, Sampler
-from fedloom.strategy._strategy import STRATEGIES, Strategy, fedavg, make_strategy
+from fedloom.strategy._scaffold import ScaffoldRound
+from fedloom.strategy._strategy import (
+    STRATEGIES,
+    STRATEGY_OPTIONS,
+    Strategy,
+    bulyan,
+    fedadagrad,
+    fedadam,
+    fedavg,
+    fedavgm,
+    fedprox,
+    fedyogi,
+    krum,
+    make_strategy,
+    median,
+    multi_krum,
+    scaffold,
+    trimmed_mean,
+)
 
 __all__ = [
     "STRATEGIES",
+    "STRATEGY_OPTIONS",
+    "AdaptiveState",
     "Aggregate",
     "Aggregator",
     "AllClients",
+    "Bulyan",
     "CountSampler",
     "FractionSampler",
+    "Krum",
+    "Median",
+    "MultiKrum",
     "PlainRound",
     "RoundContext",
     "RoundMechanism",
     "RoundOutcome",
     "RoundSteps",
     "Sampler",
+    "ScaffoldRound",
+    "ServerAdaptive",
     "ServerOptimizer",
     "ServerSGD",
     "Strategy",
+    "TrimmedMean",
     "WeightedMean",
+    "bulyan",
+    "fedadagrad",
+    "fedadam",
     "fedavg",
+    "fedavgm",
+    "fedprox",
+    "fedyogi",
+    "krum",
     "make_strategy",
+    "median",
+    "multi_krum",
+    "required_updates",
+    "requirement",
+    "scaffold",
+    "trimmed_mean",
 ]

@@ -3,6 +3,10 @@
 An aggregator takes an iterable of :class:`~fedloom.messages.ClientUpdate` and its state and
 returns an :class:`Aggregate` and the next state. The weighted mean consumes the iterable as a
 stream, so its memory does not grow with the number of clients.
+
+An aggregator whose guarantee needs a minimum number of updates (Krum, Bulyan) says so with a
+``min_updates`` attribute and a ``requirement`` sentence; given fewer it returns zeros, and the
+round loop fails the round with that sentence.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 from fedloom.messages import ClientUpdate
 from fedloom.params import Vector
 
-__all__ = ["Aggregate", "Aggregator", "WeightedMean"]
+__all__ = ["Aggregate", "Aggregator", "WeightedMean", "required_updates", "requirement"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,18 @@ class Aggregator(Protocol):
     ) -> tuple[Aggregate, Any]:
         """Combine ``updates`` (each of length ``dim``) and return the result and next state."""
         ...
+
+
+def required_updates(aggregator: Aggregator) -> int:
+    """The fewest updates ``aggregator`` accepts in a round: its ``min_updates`` if it has one
+    (Krum's guarantee needs n > 2f + 2, say), else 1."""
+    return int(getattr(aggregator, "min_updates", 1))
+
+
+def requirement(aggregator: Aggregator) -> str | None:
+    """Why ``aggregator`` needs :func:`required_updates` updates, in words, if it says."""
+    text = getattr(aggregator, "requirement", None)
+    return str(text) if text else None
 
 
 @dataclass(frozen=True)

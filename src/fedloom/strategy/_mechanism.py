@@ -10,7 +10,7 @@ aggregation yields four times. The loop never needs to know which.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,7 +27,11 @@ log = logging.getLogger("fedloom.round")
 
 @dataclass(frozen=True)
 class RoundContext:
-    """What a mechanism knows about the round it runs."""
+    """What a mechanism knows about the round it runs.
+
+    ``num_clients`` is how many clients were available to sample from; ``state`` is the
+    mechanism's own state from the previous round (from :meth:`RoundMechanism.init` at first).
+    """
 
     round: int
     selected: Sequence[str]
@@ -35,6 +39,8 @@ class RoundContext:
     config: Config
     aggregator: Aggregator
     aggregator_state: Any
+    num_clients: int = 0
+    state: Any = None
 
 
 @dataclass(frozen=True)
@@ -42,13 +48,15 @@ class RoundOutcome:
     """What a round produced: the aggregate, the aggregator's next state, and fit metrics.
 
     ``metrics`` are example-weighted means of the metrics the accepted clients reported;
-    ``rejected`` maps a client id to the reason its reply was refused.
+    ``rejected`` maps a client id to the reason its reply was refused; ``state`` is the
+    mechanism's state for the next round.
     """
 
     aggregate: Aggregate
     aggregator_state: Any
     metrics: Mapping[str, float] = field(default_factory=dict)
     rejected: Mapping[str, str] = field(default_factory=dict)
+    state: Any = None
 
 
 RoundSteps = Generator[Mapping[str, Instruction], Iterator[Reply], RoundOutcome]
@@ -56,6 +64,10 @@ RoundSteps = Generator[Mapping[str, Instruction], Iterator[Reply], RoundOutcome]
 
 class RoundMechanism(Protocol):
     """The phases of a round, as a generator the loop drives."""
+
+    def init(self, parameters: Vector) -> Any:
+        """The mechanism's state before the first round (``None`` when it keeps none)."""
+        ...
 
     def run(self, ctx: RoundContext) -> RoundSteps:
         """Yield each phase's instructions, receive its replies, return the outcome."""
@@ -104,13 +116,22 @@ def fit_problem(reply: Reply, ctx: RoundContext, seen: set[str], dim: int) -> st
 
 
 def accepted_updates(
-    replies: Iterable[Reply], ctx: RoundContext, tally: _FitTally
+    replies: Iterable[Reply],
+    ctx: RoundContext,
+    tally: _FitTally,
+    check: Callable[[Reply], str | None] | None = None,
 ) -> Iterator[ClientUpdate]:
-    """The well-formed fit replies as updates weighted by example count; the rest are tallied."""
+    """The well-formed fit replies as updates weighted by example count; the rest are tallied.
+
+    ``check``, when given, is a mechanism's own test of a reply (its payload, say): it returns
+    why the reply must be refused, or None; it runs after the built-in checks pass.
+    """
     seen: set[str] = set()
     dim = ctx.parameters.shape[0]
     for reply in replies:
         problem = fit_problem(reply, ctx, seen, dim)
+        if problem is None and check is not None:
+            problem = check(reply)
         if problem is not None or reply.vector is None:
             tally.reject(reply.client_id, problem or "no update vector", ctx.round)
             continue
@@ -122,6 +143,9 @@ def accepted_updates(
 @dataclass(frozen=True)
 class PlainRound:
     """One phase: send the model, receive updates, aggregate them as they stream in."""
+
+    def init(self, parameters: Vector) -> None:
+        return None
 
     def run(self, ctx: RoundContext) -> RoundSteps:
         instruction = Instruction(ctx.round, "fit", ctx.parameters, ctx.config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,13 +16,18 @@ __all__ = ["History"]
 
 @dataclass(frozen=True)
 class History:
-    """The rounds of a run, in order. Immutable: :meth:`append` returns a new history."""
+    """The rounds of a run, in order. Immutable: :meth:`append` returns a new history.
+
+    ``info`` holds facts about the whole run, such as the ids of a simulated attack's
+    malicious clients (``"malicious_clients"``).
+    """
 
     rounds: tuple[RoundRecord, ...] = field(default_factory=tuple)
+    info: Mapping[str, Any] = field(default_factory=dict)
 
     def append(self, record: RoundRecord) -> History:
         """A history with ``record`` added at the end."""
-        return History((*self.rounds, record))
+        return History((*self.rounds, record), self.info)
 
     def __len__(self) -> int:
         return len(self.rounds)
@@ -45,8 +50,10 @@ class History:
         return max(scored, key=lambda r: (r.accuracy, -r.round)) if scored else None
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"rounds": [...]}``, JSON-ready."""
-        return {"rounds": [r.to_dict() for r in self.rounds]}
+        """``{"run": {...}, "rounds": [...]}``, JSON-ready (``run`` only when ``info`` is set)."""
+        out: dict[str, Any] = {"run": dict(self.info)} if self.info else {}
+        out["rounds"] = [r.to_dict() for r in self.rounds]
+        return out
 
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write ``history.json`` atomically."""
@@ -54,6 +61,8 @@ class History:
         atomic_write(path, text.encode())
 
     @classmethod
-    def from_records(cls, records: Sequence[dict[str, Any]]) -> History:
-        """Rebuild a history from the ``rounds`` list of a ``history.json``."""
-        return cls(tuple(RoundRecord(**r) for r in records))
+    def from_records(
+        cls, records: Sequence[dict[str, Any]], info: Mapping[str, Any] | None = None
+    ) -> History:
+        """Rebuild a history from the ``rounds`` list (and ``run``) of a ``history.json``."""
+        return cls(tuple(RoundRecord(**r) for r in records), dict(info or {}))
