@@ -3,7 +3,7 @@
 Each experiment runs ``fedloom.simulate`` over a grid of settings and prints a Markdown table;
 ``--json`` writes every run's settings, per-round accuracy and the summary.
 
-    .venv/bin/python benchmarks/strategies_accuracy.py fedprox --rounds 100
+    .venv/bin/python benchmarks/strategies_accuracy.py fedprox --rounds 200 --seeds 0 1 2
     .venv/bin/python benchmarks/strategies_accuracy.py mcmahan --rounds 60
     .venv/bin/python benchmarks/strategies_accuracy.py byzantine --rounds 30
 
@@ -23,6 +23,7 @@ from typing import Any
 
 import fedloom
 from fedloom import SimulationConfig
+from fedloom.client import make_trainer
 
 
 def _run(settings: dict[str, Any], label: str) -> dict[str, Any]:
@@ -41,6 +42,7 @@ def _run(settings: dict[str, Any], label: str) -> dict[str, Any]:
         "last10_accuracy": sum(acc[-10:]) / len(acc[-10:]),
         "seconds": seconds,
         "run": dict(result.history.info),
+        "parameters": result.parameters,
     }
     print(
         f"{label}: final accuracy {acc[-1]:.4f}, mean of last 10 rounds "
@@ -51,31 +53,64 @@ def _run(settings: dict[str, Any], label: str) -> dict[str, Any]:
     return row
 
 
-def fedprox(rounds: int, seed: int) -> tuple[list[dict[str, Any]], str]:
+def _global_train_loss(settings: dict[str, Any], parameters: Any) -> float:
+    """The paper's training loss: the global model's mean loss over every device's train data."""
+    ds = fedloom.load_dataset(
+        settings["dataset"], num_clients=settings["clients"], seed=settings["seed"]
+    )
+    trainer = make_trainer(
+        "logreg", input_shape=ds.input_shape, num_classes=ds.num_classes, lr=0.01,
+        local_epochs=1, batch_size=10,
+    )  # fmt: skip
+    total = count = 0.0
+    for i in range(ds.num_clients):
+        result = trainer.evaluate(parameters, ds.client(i).train)
+        total += result.loss * result.num_examples
+        count += result.num_examples
+    return total / count
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def fedprox(rounds: int, seeds: Sequence[int]) -> tuple[list[dict[str, Any]], str]:
     """Li et al. (2020), Synthetic(1,1): FedAvg (drops stragglers) vs FedProx mu=1 (keeps)."""
-    base = {
-        "dataset": "synthetic:1,1", "clients": 30, "clients_per_round": 10, "model": "logreg",
-        "lr": 0.01, "batch_size": 10, "local_epochs": 20, "rounds": rounds, "seed": seed,
-    }  # fmt: skip
+    levels = (0.0, 0.5, 0.9)
+    arms: tuple[tuple[str, dict[str, Any]], ...] = (("fedavg", {}), ("fedprox", {"mu": 1.0}))
     rows = []
-    for stragglers in (0.0, 0.5, 0.9):
-        for strategy, extra in (("fedavg", {}), ("fedprox", {"mu": 1.0})):
-            settings = {**base, "strategy": strategy, "stragglers": stragglers, **extra}
-            rows.append(_run(settings, f"{strategy} stragglers={stragglers:.0%}"))
+    for seed in seeds:
+        base = {
+            "dataset": "synthetic:1,1", "clients": 30, "clients_per_round": 10,
+            "model": "logreg", "lr": 0.01, "batch_size": 10, "local_epochs": 20,
+            "rounds": rounds, "seed": seed,
+        }  # fmt: skip
+        for stragglers in levels:
+            for strategy, extra in arms:
+                settings = {**base, "strategy": strategy, "stragglers": stragglers, **extra}
+                row = _run(settings, f"{strategy} stragglers={stragglers:.0%} seed={seed}")
+                row["global_train_loss"] = _global_train_loss(settings, row["parameters"])
+                rows.append(row)
     lines = [
         "| stragglers | FedAvg (drops them) | FedProx μ = 1 (keeps them) |",
         "| --- | --- | --- |",
     ]
-    for i, stragglers in enumerate((0.0, 0.5, 0.9)):
-        avg, prox = rows[2 * i], rows[2 * i + 1]
-        lines.append(f"| {stragglers:.0%} | {_acc_loss(avg)} | {_acc_loss(prox)} |")
+    for stragglers in levels:
+        cells = []
+        for strategy, _ in arms:
+            mine = [
+                r for r in rows
+                if r["settings"]["strategy"] == strategy
+                and r["settings"]["stragglers"] == stragglers
+            ]  # fmt: skip
+            acc = [r["last10_accuracy"] for r in mine]
+            loss = [r["global_train_loss"] for r in mine]
+            cells.append(
+                f"accuracy {_mean(acc):.3f} ({min(acc):.3f}-{max(acc):.3f}), "
+                f"training loss {_mean(loss):.3f} ({min(loss):.3f}-{max(loss):.3f})"
+            )
+        lines.append(f"| {stragglers:.0%} | " + " | ".join(cells) + " |")
     return rows, "\n".join(lines)
-
-
-def _acc_loss(row: dict[str, Any]) -> str:
-    losses = [x for x in row["train_loss"][-10:] if x is not None]
-    loss = sum(losses) / len(losses) if losses else float("nan")
-    return f"{row['last10_accuracy']:.3f} (train loss {loss:.3f})"
 
 
 def _rounds_to(acc: Sequence[float], target: float) -> int | None:
@@ -97,11 +132,14 @@ al.'s usual η = 0.01."""
 
 
 def mcmahan(rounds: int, seed: int, mnist: str, target: float) -> tuple[list[dict[str, Any]], str]:
-    """McMahan et al. (2017) on the MNIST test set split 8,000 / 2,000: rounds to ``target``."""
+    """McMahan et al. (2017) on the MNIST test set split 8,000 / 2,000: rounds to ``target``.
+
+    Each run stops at the first round that reaches the target (or after ``rounds``).
+    """
     base = {
         "dataset": f"mnist:{mnist}", "test_fraction": 0.2, "clients": 100, "fraction": 0.1,
         "model": "cnn", "local_epochs": 5, "batch_size": 10, "lr": 0.05, "rounds": rounds,
-        "seed": seed,
+        "seed": seed, "stop_at_accuracy": target,
     }  # fmt: skip
     rows = []
     for partition in ("iid", "shards:2"):
@@ -163,18 +201,21 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("experiment", choices=("fedprox", "mcmahan", "byzantine"))
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", help="fedprox: seeds to average over")
     parser.add_argument("--mnist", default="../shared/data/mnist")
     parser.add_argument("--target", type=float, default=0.97)
     parser.add_argument("--attack", default="sign-flip:0.2")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.experiment == "fedprox":
-        rows, table = fedprox(args.rounds or 100, args.seed)
+        rows, table = fedprox(args.rounds or 200, args.seeds or [0, 1, 2])
     elif args.experiment == "mcmahan":
         rows, table = mcmahan(args.rounds or 100, args.seed, args.mnist, args.target)
     else:
         rows, table = byzantine(args.rounds or 30, args.seed, args.attack)
     print(table)
+    for row in rows:
+        row.pop("parameters", None)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"table": table, "runs": rows}, indent=1))

@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--local-test-fraction", type=float, help="each client's local test share (default 0)")
     add("--test-fraction", type=float, help="central test share (default 0.2)")
     add("--min-clients", type=int, help="fewest accepted updates for a round (default 1)")
+    add("--stop-at-accuracy", type=float, help="end the run once test accuracy reaches this")
     add("--out", help="folder for history.json, model.npz and config.toml")
     add("--quiet", action="store_true", help="no progress bar")
     return parser

@@ -84,6 +84,8 @@ class SimulationConfig:
         central test share for datasets without a natural split.
     min_clients
         A round fails unless at least this many clients send acceptable updates.
+    stop_at_accuracy
+        End the run after the first round whose central test accuracy reaches this.
     out
         Folder for ``history.json``, ``model.npz`` and ``config.toml``; ``None`` writes nothing.
     """
@@ -118,6 +120,7 @@ class SimulationConfig:
     local_test_fraction: float = 0.0
     test_fraction: float = 0.2
     min_clients: int = 1
+    stop_at_accuracy: float | None = None
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -131,6 +134,8 @@ class SimulationConfig:
         for name, value in positive.items():
             if value is not None and value < 1:
                 raise ConfigError(f"{_flag(name)} must be at least 1, got {value}")
+        if self.stop_at_accuracy is not None and not 0.0 < self.stop_at_accuracy <= 1.0:
+            raise ConfigError(f"--stop-at-accuracy must be in (0, 1], got {self.stop_at_accuracy}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be 0 or more, got {self.seed}")
         if self.clients is not None and self.clients < 1:

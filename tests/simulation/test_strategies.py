@@ -123,3 +123,15 @@ def test_a_round_below_the_aggregators_minimum_fails_naming_its_guarantee() -> N
             trainer.init_parameters(0),
             rounds=1,
         )
+
+
+def test_stop_at_accuracy_ends_the_run_at_the_first_round_that_reaches_it() -> None:
+    full = fedloom.simulate(**{**SMALL, "rounds": 10})
+    accuracy = full.history.column("accuracy")
+    target = accuracy[3]  # reached for the first time at round 4 at the latest
+    first = next(i for i, a in enumerate(accuracy, start=1) if a >= target)
+
+    stopped = fedloom.simulate(**{**SMALL, "rounds": 10}, stop_at_accuracy=target)
+
+    assert len(stopped.history) == first
+    assert stopped.history.column("accuracy") == accuracy[:first]

@@ -89,6 +89,19 @@ def test_trimmed_mean_drops_k_values_at_each_end() -> None:
     assert agg.count == 5
 
 
+def test_trimmed_mean_counts_k_from_the_decimal_trim() -> None:
+    # Prepare: 0.29 * 100 is 28.999999999999996 in floating point, but k = floor(29) = 29.
+    # 29 zeros, 42 ones, 29 tens: k = 29 keeps only the ones (mean 1); k = 28 would keep a 0
+    # and a 10 too (mean 52/44).
+    values = [0.0] * 29 + [1.0] * 42 + [10.0] * 29
+
+    # Execute
+    agg, _ = TrimmedMean(0.29).aggregate(_updates([[v] for v in values]), 1, None)
+
+    # Assert
+    assert agg.vector.tolist() == [1.0]
+
+
 def test_trimmed_mean_with_trim_zero_is_the_plain_mean() -> None:
     # Prepare: equal weights, so the weighted mean is the plain mean too
     rows = np.random.default_rng(0).normal(size=(7, 50)).astype(np.float32)

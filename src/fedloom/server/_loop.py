@@ -90,6 +90,7 @@ def run_rounds(
     spec: ParamSpec | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     run_info: Mapping[str, Any] | None = None,
+    stop: Callable[[History], bool] | None = None,
 ) -> RunResult:
     """Train for ``rounds`` rounds and return the final model and the history.
 
@@ -99,6 +100,7 @@ def run_rounds(
     ``evaluate``; on the selected clients' local test splits when ``federated_evaluation``), and,
     when ``out_dir`` is given, saves ``model.npz`` (needs ``spec``) and ``history.json`` there.
     ``run_info`` (the malicious clients of a simulated attack, say) is kept in the history.
+    ``stop``, when given, is asked after every round and ends the run early when it says so.
 
     Raises
     ------
@@ -160,4 +162,7 @@ def run_rounds(
             history.write(out / "history.json")
         if on_round is not None:
             on_round(record)
+        if stop is not None and stop(history):
+            log.info("round %d: stopping early, as asked", round)
+            break
     return RunResult(parameters, history)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,7 +30,7 @@ from fedloom.strategy import (
     requirement,
 )
 from fedloom.strategy._sampler import round_half_up
-from fedloom.tracking import ProgressBar
+from fedloom.tracking import History, ProgressBar
 
 __all__ = ["simulate"]
 
@@ -111,6 +111,17 @@ def _fleet(
             seed=cfg.seed,
         )
     return fleet, info
+
+
+def _accuracy_reached(target: float | None) -> Callable[[History], bool] | None:
+    if target is None:
+        return None
+
+    def reached(history: History) -> bool:
+        accuracy = history.final_accuracy
+        return accuracy is not None and accuracy >= target
+
+    return reached
 
 
 @contextlib.contextmanager
@@ -220,6 +231,7 @@ def simulate(
                 spec=tr.spec,
                 on_round=bar,
                 run_info=run_info,
+                stop=_accuracy_reached(cfg.stop_at_accuracy),
             )
     finally:
         if bar is not None:
