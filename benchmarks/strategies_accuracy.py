@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,16 @@ def _run(settings: dict[str, Any], label: str) -> dict[str, Any]:
         flush=True,
     )
     return row
+
+
+def _run_all(runs: Sequence[tuple[dict[str, Any], str]], jobs: int) -> list[dict[str, Any]]:
+    """Every run, ``jobs`` at a time in worker processes (each single-threaded), in order."""
+    if jobs <= 1:
+        return [_run(settings, label) for settings, label in runs]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = [pool.submit(_run, settings, label) for settings, label in runs]
+        return [f.result() for f in futures]
 
 
 def _global_train_loss(settings: dict[str, Any], parameters: Any) -> float:
@@ -122,16 +134,19 @@ def _rounds_to(acc: Sequence[float], target: float) -> int | None:
 
 MCMAHAN_STRATEGIES: dict[str, dict[str, Any]] = {
     "fedavg": {},
-    "fedavgm": {"server_lr": 1.0, "server_momentum": 0.9, "lr": 0.01},
-    "fedadam": {"server_lr": 0.01},
+    "fedavgm": {},
+    "fedadam": {},
     "scaffold": {},
 }
-"""Per-strategy settings. FedAvgM's effective step is server_lr / (1 - β) = 10, so the clients'
-lr is cut to 0.01 (Hsu et al. 2019 scale the client lr down the same way); FedAdam takes Reddi et
-al.'s usual η = 0.01."""
+"""Every strategy at its preset's defaults (FedAvgM: server lr 1, β 0.9; FedAdam: η 0.01,
+τ 0.001) with the clients' lr 0.05. Ten-round probes on the 2-shard split chose these over
+FedAvgM with server lr 0.1 or 0.3 and over FedAdam with η 0.003; FedAdam with η 0.03 was
+about as good as 0.01."""
 
 
-def mcmahan(rounds: int, seed: int, mnist: str, target: float) -> tuple[list[dict[str, Any]], str]:
+def mcmahan(
+    rounds: int, seed: int, mnist: str, target: float, jobs: int
+) -> tuple[list[dict[str, Any]], str]:
     """McMahan et al. (2017) on the MNIST test set split 8,000 / 2,000: rounds to ``target``.
 
     Each run stops at the first round that reaches the target (or after ``rounds``).
@@ -141,13 +156,14 @@ def mcmahan(rounds: int, seed: int, mnist: str, target: float) -> tuple[list[dic
         "model": "cnn", "local_epochs": 5, "batch_size": 10, "lr": 0.05, "rounds": rounds,
         "seed": seed, "stop_at_accuracy": target,
     }  # fmt: skip
-    rows = []
-    for partition in ("iid", "shards:2"):
-        for strategy, extra in MCMAHAN_STRATEGIES.items():
-            settings = {**base, "partition": partition, "strategy": strategy, **extra}
-            row = _run(settings, f"{strategy} {partition}")
-            row["rounds_to_target"] = _rounds_to(row["accuracy"], target)
-            rows.append(row)
+    runs = [
+        ({**base, "partition": partition, "strategy": strategy, **extra}, f"{strategy} {partition}")
+        for partition in ("iid", "shards:2")
+        for strategy, extra in MCMAHAN_STRATEGIES.items()
+    ]
+    rows = _run_all(runs, jobs)
+    for row in rows:
+        row["rounds_to_target"] = _rounds_to(row["accuracy"], target)
     lines = [
         f"| strategy | IID: rounds to {target:.0%} | IID: best | "
         f"2 shards/client: rounds to {target:.0%} | 2 shards: best |",
@@ -206,11 +222,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.97)
     parser.add_argument("--attack", default="sign-flip:0.2")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (processes)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.experiment == "fedprox":
         rows, table = fedprox(args.rounds or 200, args.seeds or [0, 1, 2])
     elif args.experiment == "mcmahan":
-        rows, table = mcmahan(args.rounds or 100, args.seed, args.mnist, args.target)
+        rows, table = mcmahan(args.rounds or 100, args.seed, args.mnist, args.target, args.jobs)
     else:
         rows, table = byzantine(args.rounds or 30, args.seed, args.attack)
     print(table)

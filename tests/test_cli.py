@@ -173,3 +173,17 @@ def test_a_robust_strategy_under_attack_runs_from_the_cli(tmp_path: Path) -> Non
     assert len(history["run"]["malicious_clients"]) == 4
     assert history["rounds"][-1]["accuracy"] > 0.8
     assert 'strategy = "bulyan"' in (tmp_path / "config.toml").read_text()
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_strategy_runs_from_the_cli(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main([
+        "simulate", "--quiet", "--model", "logreg", "--clients", "10", "--rounds", "2",
+        "--strategy", name, "--out", str(tmp_path),
+    ])  # fmt: skip
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert status == 0
+    assert [r["clients"] for r in history["rounds"]] == [10, 10]
+    assert history["rounds"][-1]["accuracy"] > 0.3
