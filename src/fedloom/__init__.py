@@ -11,7 +11,14 @@ True
 from fedloom.client import ClientApp, LinearTrainer, TorchTrainer, Trainer
 from fedloom.config import SimulationConfig
 from fedloom.data import ArrayData, FederatedDataset, from_arrays, load_dataset
-from fedloom.errors import ClientError, ConfigError, DataError, FedloomError, RoundFailedError
+from fedloom.errors import (
+    ClientError,
+    ConfigError,
+    DataError,
+    FedloomError,
+    RoundFailedError,
+    TamperedError,
+)
 from fedloom.messages import ClientUpdate, Instruction, Reply, RoundRecord
 from fedloom.params import ParamSpec
 from fedloom.server import Fleet, RunResult, load_checkpoint, run_rounds
@@ -42,6 +49,7 @@ __all__ = [
     "RunResult",
     "SimulationConfig",
     "Strategy",
+    "TamperedError",
     "TorchTrainer",
     "Trainer",
     "__version__",

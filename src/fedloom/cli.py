@@ -83,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
         "--attack", metavar="KIND:FRACTION", help=f"malicious clients: {', '.join(ATTACKS)}"
     )
     cond.add_argument("--attack-scale", type=float, help="the attack's k (its default if unset)")
+    sec = sim.add_argument_group("secure aggregation")
+    sec.add_argument("--secure-aggregation", choices=("secagg", "secagg+"),
+                     help="the server sees only the sum of the updates")  # fmt: skip
+    sec.add_argument("--secagg-threshold", type=float, help="t as a share of neighbours (2/3)")
+    sec.add_argument("--secagg-degree", type=int, help="secagg+: neighbours per client (log n)")
+    sec.add_argument("--secagg-clip", type=float, help="per-coordinate clip before encoding (1)")
+    sec.add_argument("--secagg-bits", type=int, help="fixed-point bits per value (20)")
+    sec.add_argument("--secagg-modulus-bits", type=int, help="sums modulo 2^k (32)")
+    sec.add_argument("--secagg-weight-bound", type=int, help="example count cap per client (1000)")
     add("--seed", type=int, help="random seed (default 0)")
     add("--local-test-fraction", type=float, help="each client's local test share (default 0)")
     add("--test-fraction", type=float, help="central test share (default 0.2)")

@@ -86,6 +86,13 @@ class SimulationConfig:
         A round fails unless at least this many clients send acceptable updates.
     stop_at_accuracy
         End the run after the first round whose central test accuracy reaches this.
+    secure_aggregation
+        ``secagg`` (every client masks with every other) or ``secagg+`` (with a random
+        neighbourhood of ``secagg_degree`` clients, O(log n) by default); ``None``: off.
+    secagg_threshold, secagg_degree, secagg_clip, secagg_bits, secagg_modulus_bits, \
+secagg_weight_bound
+        The protocol's settings (:class:`fedloom.secagg.SecAggSettings`); ``None`` takes its
+        defaults.
     out
         Folder for ``history.json``, ``model.npz`` and ``config.toml``; ``None`` writes nothing.
     """
@@ -121,6 +128,13 @@ class SimulationConfig:
     test_fraction: float = 0.2
     min_clients: int = 1
     stop_at_accuracy: float | None = None
+    secure_aggregation: str | None = None
+    secagg_threshold: float | None = None
+    secagg_degree: int | None = None
+    secagg_clip: float | None = None
+    secagg_bits: int | None = None
+    secagg_modulus_bits: int | None = None
+    secagg_weight_bound: int | None = None
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -136,6 +150,13 @@ class SimulationConfig:
                 raise ConfigError(f"{_flag(name)} must be at least 1, got {value}")
         if self.stop_at_accuracy is not None and not 0.0 < self.stop_at_accuracy <= 1.0:
             raise ConfigError(f"--stop-at-accuracy must be in (0, 1], got {self.stop_at_accuracy}")
+        if self.secure_aggregation not in (None, "secagg", "secagg+"):
+            raise ConfigError(
+                f"--secure-aggregation must be secagg or secagg+, got {self.secure_aggregation!r}"
+            )
+        secagg_set = [k for k in SECAGG_SETTINGS if getattr(self, k) is not None]
+        if secagg_set and self.secure_aggregation is None:
+            raise ConfigError(f"{_flag(secagg_set[0])} needs --secure-aggregation secagg|secagg+")
         if self.seed < 0:
             raise ConfigError(f"--seed must be 0 or more, got {self.seed}")
         if self.clients is not None and self.clients < 1:
@@ -211,6 +232,11 @@ STRATEGY_SETTINGS = (
     "server_lr", "server_momentum", "mu", "beta1", "beta2", "tau", "trim", "byzantine", "krum_m",
 )  # fmt: skip
 """The settings that are strategy hyperparameters."""
+SECAGG_SETTINGS = (
+    "secagg_threshold", "secagg_degree", "secagg_clip", "secagg_bits", "secagg_modulus_bits",
+    "secagg_weight_bound",
+)  # fmt: skip
+"""The settings of secure aggregation."""
 _HINTS = get_type_hints(SimulationConfig)
 
 

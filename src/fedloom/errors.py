@@ -6,7 +6,8 @@ The tree::
     ├── ConfigError              a setting is unknown, out of range, or conflicts with another
     ├── DataError                a dataset, file or path is missing or malformed
     ├── ClientError              a client failed handling an instruction (client id, round, phase)
-    └── RoundFailedError         too few clients answered to complete a round (round, phase)
+    ├── RoundFailedError         too few clients answered to complete a round (round, phase)
+    └── TamperedError            an authenticated message failed to verify (secure aggregation)
 
 Messages name the problem and what to do about it; the command line prints the message alone
 (no traceback) and exits with status 2 for ``ConfigError`` and ``DataError``.
@@ -14,7 +15,14 @@ Messages name the problem and what to do about it; the command line prints the m
 
 from __future__ import annotations
 
-__all__ = ["ClientError", "ConfigError", "DataError", "FedloomError", "RoundFailedError"]
+__all__ = [
+    "ClientError",
+    "ConfigError",
+    "DataError",
+    "FedloomError",
+    "RoundFailedError",
+    "TamperedError",
+]
 
 
 class FedloomError(Exception):
@@ -63,3 +71,10 @@ class RoundFailedError(FedloomError):
         self.phase = phase
         self.answered = answered
         self.needed = needed
+
+
+class TamperedError(FedloomError):
+    """An authenticated ciphertext failed to verify.
+
+    The key is wrong, or the bytes or their associated data were modified or truncated.
+    """

@@ -12,6 +12,7 @@ from fedloom.client import ClientApp, ClientContext, LinearTrainer
 from fedloom.data import ArrayData, ClientData, FederatedDataset
 from fedloom.errors import ClientError, ConfigError
 from fedloom.messages import Instruction, Reply
+from fedloom.secagg import PHASES
 from fedloom.simulation._attack import ATTACKS, SIGN_FLIP_SCALE, Attack, attacked_app
 
 TRAINER = LinearTrainer(3, 3, lr=0.3, batch_size=4, local_epochs=2)
@@ -138,7 +139,7 @@ def test_the_base_app_trains_on_flipped_labels_with_the_same_state_and_keeps_its
 
     # Assert
     np.testing.assert_array_equal(ctx.state["labels"], 2 - ctx.data.train.y)
-    assert set(app.phases) == {"fit", "evaluate", "ping"}
+    assert set(app.phases) == {"fit", "evaluate", "ping", *PHASES}
     assert pong == Reply("1", 2, "ping", num_examples=7)
 
 

@@ -66,16 +66,27 @@ def evaluate(ctx: ClientContext, ins: Instruction) -> Reply:
 class ClientApp:
     """Dispatches each instruction to the handler of its phase.
 
+    Built in: ``"fit"``, ``"evaluate"`` and the four phases of secure aggregation (which train
+    with this app's ``"fit"`` handler, so a replacement fit composes with it).
+
     Parameters
     ----------
     handlers
-        Extra phases (a secure aggregation protocol's, say) or replacements for the built-in
-        ``"fit"`` and ``"evaluate"``.
+        Extra phases, or replacements for the built-in ones.
     """
 
     def __init__(self, handlers: Mapping[str, Handler] | None = None) -> None:
+        # imported here: fedloom.secagg's server half imports fedloom.strategy, which imports
+        # this package
+        from fedloom.secagg._client import secagg_handlers
+
         self._handlers: dict[str, Handler] = {"fit": fit, "evaluate": evaluate}
+        self._handlers.update(secagg_handlers(self._train))
         self._handlers.update(handlers or {})
+
+    def _train(self, ctx: ClientContext, ins: Instruction) -> Reply:
+        """This app's own fit handler, for protocols that train inside another phase."""
+        return self._handlers["fit"](ctx, ins)
 
     @property
     def phases(self) -> tuple[str, ...]:

@@ -15,6 +15,8 @@ from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig
 from fedloom.data import FederatedDataset, load_dataset
 from fedloom.errors import ConfigError
 from fedloom.params import Vector
+from fedloom.secagg import FixedPoint, SecAggRound, SecAggSettings
+from fedloom.secagg._graph import secagg_plus_degree
 from fedloom.server import Fleet, RunResult, run_rounds
 from fedloom.simulation._attack import Attack, attacked_app
 from fedloom.simulation._conditions import SimulatedConditions
@@ -23,8 +25,10 @@ from fedloom.strategy import (
     AllClients,
     CountSampler,
     FractionSampler,
+    PlainRound,
     Sampler,
     Strategy,
+    WeightedMean,
     make_strategy,
     required_updates,
     requirement,
@@ -111,6 +115,45 @@ def _fleet(
             seed=cfg.seed,
         )
     return fleet, info
+
+
+def _with_secure_aggregation(strategy: Strategy, cfg: SimulationConfig, cohort: int) -> Strategy:
+    """``strategy`` with its round run under secure aggregation; refused where it cannot be."""
+    if not isinstance(strategy.aggregator, WeightedMean):
+        raise ConfigError(
+            f"--secure-aggregation lets the server see only the sum of the updates, but "
+            f"{strategy.name} needs every update on its own; use a strategy that averages "
+            "(fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad)"
+        )
+    if not isinstance(strategy.mechanism, PlainRound):
+        raise ConfigError(
+            f"--secure-aggregation replaces the round's single fit phase, which {strategy.name} "
+            "already replaces with its own; they cannot be combined"
+        )
+    degree = None
+    if cfg.secure_aggregation == "secagg+":
+        degree = cfg.secagg_degree or secagg_plus_degree(cohort)
+    defaults = SecAggSettings()
+    enc = defaults.encoding
+    settings = SecAggSettings(
+        threshold=cfg.secagg_threshold if cfg.secagg_threshold is not None else defaults.threshold,
+        degree=degree,
+        encoding=FixedPoint(
+            cfg.secagg_clip if cfg.secagg_clip is not None else enc.clip,
+            cfg.secagg_bits if cfg.secagg_bits is not None else enc.bits,
+            cfg.secagg_modulus_bits if cfg.secagg_modulus_bits is not None else enc.modulus_bits,
+        ),
+        weight_bound=cfg.secagg_weight_bound or defaults.weight_bound,
+    )
+    if cohort > settings.encoding.max_summands():
+        raise ConfigError(
+            f"{cohort} clients per round could overflow the {settings.encoding.modulus_bits}-bit "
+            f"sum of {settings.encoding.bits}-bit values; raise --secagg-modulus-bits or lower "
+            "--secagg-bits"
+        )
+    mechanism = SecAggRound(settings, seed=cfg.seed)
+    return dataclasses.replace(strategy, name=f"{strategy.name}+{cfg.secure_aggregation}",
+                               mechanism=mechanism)  # fmt: skip
 
 
 def _accuracy_reached(target: float | None) -> Callable[[History], bool] | None:
@@ -204,6 +247,8 @@ def simulate(
     st = strategy or make_strategy(
         cfg.strategy, sampler_for(cfg, ds.num_clients), **cfg.strategy_options()
     )
+    if cfg.secure_aggregation is not None:
+        st = _with_secure_aggregation(st, cfg, cohort_size(cfg, ds.num_clients))
     fleet, run_info = _fleet(cfg, ds, tr, st, custom_trainer=trainer is not None)
     test = ds.test
 

@@ -1,0 +1,164 @@
+"""What the secure aggregation client and server agree on: settings, phases, message layouts.
+
+Phases of one round (Bonawitz et al. 2017, §4; the semi-honest variant, without the consistency
+check round):
+
+1. ``secagg.keys``: the server sends the model; each client trains, keeps its encoded update,
+   makes two X25519 key pairs (``c`` to encrypt shares, ``s`` to derive pairwise masks) and
+   replies with the public keys.
+2. ``secagg.share``: the server relays each client its neighbours' public keys; the client
+   Shamir-shares its mask private key ``s_sk`` and a fresh self-mask seed ``b`` among those
+   neighbours and replies with each share encrypted for its recipient (AES-GCM under a key
+   agreed from ``c``).
+3. ``secagg.masked``: the server forwards each client the encrypted shares addressed to it and
+   names who shared (U2); the client replies with its masked input
+   ``y = x + PRG(b) + Σ_v ±PRG(s_uv) mod 2^k`` over its neighbours in U2.
+4. ``secagg.unmask``: the server names the survivors (U3) and the dropped (U2 minus U3); each
+   survivor returns its share of ``b_v`` for every surviving neighbour ``v`` and of ``s_sk_v``
+   for every dropped one, never both for the same ``v``. The server rebuilds the secrets,
+   removes the masks and decodes the sum.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from fedloom.errors import ConfigError
+from fedloom.messages import Config
+from fedloom.secagg._encoding import FixedPoint
+
+__all__ = [
+    "PHASES",
+    "SecAggSettings",
+    "mask_sign",
+    "pack_ids",
+    "pack_map",
+    "unpack_ids",
+    "unpack_map",
+]
+
+KEYS, SHARE, MASKED, UNMASK = "secagg.keys", "secagg.share", "secagg.masked", "secagg.unmask"
+PHASES = (KEYS, SHARE, MASKED, UNMASK)
+"""The four phases, in order."""
+
+SHARE_INFO = b"fedloom secagg share key"
+MASK_INFO = b"fedloom secagg pairwise mask"
+
+
+@dataclass(frozen=True)
+class SecAggSettings:
+    """The parameters of the protocol, the same on the server and every client.
+
+    Parameters
+    ----------
+    threshold
+        t as a fraction of a client's neighbourhood, in (0.5, 1]: a client's secrets are shared
+        so that any ``ceil(threshold * neighbours)`` of its neighbours can rebuild them and
+        fewer learn nothing. Above one half, so that the server can never gather enough
+        shares of both secrets of one client; the round also needs at least t survivors.
+    degree
+        ``None`` for SecAgg (every client masks with every other); a number for SecAgg+ (each
+        client masks with ``degree`` neighbours of a random Harary graph).
+    encoding
+        How updates become integers mod 2^k (clip, bits, modulus bits).
+    weight_bound
+        W: a client's weight is its example count capped at W; it sends ``w/W * update``, so
+        the encoded values stay within the clip range, and ``w`` as an exact integer.
+    """
+
+    threshold: float = 2 / 3
+    degree: int | None = None
+    encoding: FixedPoint = field(default_factory=FixedPoint)
+    weight_bound: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.threshold <= 1.0:
+            raise ConfigError(
+                f"--secagg-threshold must be in (0.5, 1], got {self.threshold}: at or below "
+                "one half, the shares of disjoint groups of clients could unmask one update"
+            )
+        if self.degree is not None and self.degree < 2:
+            raise ConfigError(f"--secagg-degree must be at least 2, got {self.degree}")
+        if self.weight_bound < 1:
+            raise ConfigError(f"--secagg-weight-bound must be at least 1, got {self.weight_bound}")
+
+    def shares_needed(self, neighbours: int) -> int:
+        """t for a client with ``neighbours`` neighbours: more than half of them."""
+        return max(1, math.ceil(self.threshold * neighbours))
+
+    def to_config(self) -> Config:
+        """The settings as client config (``secagg.*`` keys)."""
+        enc = self.encoding
+        return {
+            "secagg.threshold": self.threshold,
+            "secagg.degree": self.degree or 0,
+            "secagg.clip": enc.clip,
+            "secagg.bits": enc.bits,
+            "secagg.modulus_bits": enc.modulus_bits,
+            "secagg.weight_bound": self.weight_bound,
+        }
+
+    @classmethod
+    def from_config(cls, config: Config) -> SecAggSettings:
+        """The settings a client was sent; a clear error when they are missing or malformed."""
+        try:
+            degree = int(config["secagg.degree"])
+            return cls(
+                threshold=float(config["secagg.threshold"]),
+                degree=degree or None,
+                encoding=FixedPoint(
+                    float(config["secagg.clip"]),
+                    int(config["secagg.bits"]),
+                    int(config["secagg.modulus_bits"]),
+                ),
+                weight_bound=int(config["secagg.weight_bound"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"secure aggregation settings missing or malformed: {exc}") from None
+
+
+def mask_sign(u: str, v: str) -> int:
+    """+1 when ``u`` adds the mask it shares with ``v``, -1 when it subtracts it."""
+    return 1 if u < v else -1
+
+
+def pack_map(entries: Mapping[str, bytes]) -> bytes:
+    """``{id: bytes}`` as one byte string: per entry, id length, id, value length, value."""
+    out = bytearray()
+    for key, value in entries.items():
+        raw = key.encode()
+        out += struct.pack("<H", len(raw)) + raw + struct.pack("<I", len(value)) + value
+    return bytes(out)
+
+
+def unpack_map(raw: bytes) -> dict[str, bytes]:
+    """The inverse of :func:`pack_map`; ``ValueError`` on malformed input."""
+    out: dict[str, bytes] = {}
+    view = memoryview(raw)
+    pos = 0
+    try:
+        while pos < len(view):
+            (n,) = struct.unpack_from("<H", view, pos)
+            key = bytes(view[pos + 2 : pos + 2 + n]).decode()
+            pos += 2 + n
+            (m,) = struct.unpack_from("<I", view, pos)
+            if pos + 4 + m > len(view) or key in out:
+                raise ValueError("truncated or repeated entry")
+            out[key] = bytes(view[pos + 4 : pos + 4 + m])
+            pos += 4 + m
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed map: {exc}") from None
+    return out
+
+
+def pack_ids(ids: list[str] | tuple[str, ...]) -> bytes:
+    """A list of client ids as bytes."""
+    return pack_map(dict.fromkeys(ids, b""))
+
+
+def unpack_ids(raw: bytes) -> list[str]:
+    """The inverse of :func:`pack_ids`."""
+    return list(unpack_map(raw))

@@ -1,0 +1,261 @@
+"""The secure aggregation protocol end to end in simulation: the sum is right whoever drops,
+the server's view is uniform, and tampering or unsafe settings are refused."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import pytest
+
+import fedloom
+from fedloom.client import ClientApp, ClientContext, LinearTrainer
+from fedloom.errors import ClientError, ConfigError, RoundFailedError
+from fedloom.messages import Instruction, Reply
+from fedloom.secagg import FixedPoint, SecAggRound, SecAggSettings
+from fedloom.secagg._encoding import unpack
+from fedloom.secagg._protocol import KEYS, MASKED, SHARE, UNMASK, pack_map, unpack_map
+from fedloom.server._loop import drive
+from fedloom.simulation import InProcessFleet
+from fedloom.strategy import RoundContext, WeightedMean
+
+N = 10
+ENCODING = FixedPoint(clip=1.0, bits=20, modulus_bits=32)
+
+
+def _dataset() -> fedloom.FederatedDataset:
+    return fedloom.load_dataset("digits", num_clients=N, seed=0)
+
+
+class Scripted:
+    """A fleet around the in-process one that drops chosen clients at chosen phases, keeps what
+    the server received, and can rewrite instructions on their way to the clients."""
+
+    def __init__(self, inner: InProcessFleet, drops: Mapping[str, set[str]] | None = None,
+                 rewrite=None) -> None:  # fmt: skip
+        self.inner = inner
+        self.drops = drops or {}
+        self.rewrite = rewrite
+        self.received: dict[str, list[Reply]] = {}
+
+    def clients(self):
+        return self.inner.clients()
+
+    def exchange(self, instructions: Mapping[str, Instruction], timeout) -> Iterator[Reply]:
+        phase = next(iter(instructions.values())).phase
+        kept = {c: i for c, i in instructions.items() if c not in self.drops.get(phase, set())}
+        if self.rewrite is not None:
+            kept = {c: self.rewrite(c, i) for c, i in kept.items()}
+        for reply in self.inner.exchange(kept, timeout):
+            self.received.setdefault(phase, []).append(reply)
+            yield reply
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _round(fleet, settings: SecAggSettings, trainer: LinearTrainer, round: int = 1):
+    params = trainer.init_parameters(0) + np.float32(0.01)
+    ctx = RoundContext(round, [str(i) for i in range(N)], params, {"seed": 0}, WeightedMean(),
+                       None, N)  # fmt: skip
+    mech = SecAggRound(settings)
+    return mech, params, drive(mech.run(ctx), fleet, None)
+
+
+def _expected_mean(ds, trainer, params, survivors, settings: SecAggSettings, round: int = 1):
+    """The plain weighted mean of the survivors' clipped updates with capped weights."""
+    app = ClientApp()
+    total = np.zeros(params.shape, np.float64)
+    weight = 0.0
+    for cid in survivors:
+        ctx = ClientContext(cid, ds.client(int(cid)), trainer)
+        reply = app.handle(ctx, Instruction(round, "fit", params, {"seed": 0}))
+        w = min(reply.num_examples, settings.weight_bound)
+        clip = settings.encoding.clip
+        total += w * np.clip(reply.vector.astype(np.float64), -clip, clip)
+        weight += w
+    return total / weight, weight
+
+
+@pytest.mark.parametrize("degree", [None, 8])  # SecAgg, and SecAgg+ with 8 of 9 neighbours
+@pytest.mark.parametrize(
+    ("after_share", "in_unmask"),
+    [(set(), set()), ({"3"}, set()), (set(), {"6"}), ({"1", "4"}, {"8"})],
+)  # 0 %, 10 % after sharing, 10 % in unmasking, 30 % across both
+def test_decoded_sum_equals_the_plain_sum_within_the_quantization_bound(
+    degree: int | None, after_share: set[str], in_unmask: set[str]
+) -> None:
+    # Prepare: clients in after_share never send a masked input; those in in_unmask send it
+    # but vanish before unmasking (their input stays in the sum).
+    ds = _dataset()
+    trainer = LinearTrainer(64, 10, lr=0.1, local_epochs=2, batch_size=8)
+    settings = SecAggSettings(threshold=0.6, degree=degree, encoding=ENCODING, weight_bound=50)
+    fleet = Scripted(InProcessFleet(ds, trainer), {MASKED: after_share, UNMASK: in_unmask})
+
+    # Execute
+    mech, params, outcome = _round(fleet, settings, trainer)
+
+    # Assert
+    survivors = sorted(set(map(str, range(N))) - after_share, key=int)
+    expected, weight = _expected_mean(ds, trainer, params, survivors, settings)
+    bound = mech.error_bound(len(survivors), weight)
+    assert outcome.aggregate.count == len(survivors)
+    assert outcome.aggregate.total_weight == weight
+    assert np.abs(outcome.aggregate.vector - expected).max() <= bound + 1e-7
+    assert bound < 1e-4  # the bound is small enough to matter
+
+
+def test_every_masked_input_the_server_sees_is_uniform() -> None:
+    # Prepare: a model of 6,500 parameters makes each masked input 6,501 values.
+    ds = _dataset()
+    trainer = LinearTrainer(64, 100)
+    fleet = Scripted(InProcessFleet(ds, trainer))
+
+    # Execute
+    _round(fleet, SecAggSettings(encoding=ENCODING), trainer)
+
+    # Assert: per message, a chi-square test on the top 4 bits (15 degrees of freedom; the
+    # threshold 57 is exceeded by uniform data with probability 8e-7) and the low bit's mean.
+    # The encoded inputs themselves fail it: most values sit near 0 or 2^32 - small.
+    seen = fleet.received[MASKED]
+    assert len(seen) == N
+    for reply in seen:
+        y = unpack(reply.payload["masked"], 6501, 32)
+        counts = np.bincount((y >> np.uint64(28)).astype(np.int64), minlength=16)
+        chi2 = ((counts - len(y) / 16) ** 2 / (len(y) / 16)).sum()
+        assert chi2 < 57
+        assert abs((y & np.uint64(1)).mean() - 0.5) < 5 * 0.5 / np.sqrt(len(y))
+    plain = ENCODING.encode(np.full(6501, 0.001))
+    counts = np.bincount((plain >> np.uint64(28)).astype(np.int64), minlength=16)
+    assert ((counts - 6501 / 16) ** 2 / (6501 / 16)).sum() > 57
+
+
+def test_the_server_never_receives_both_secrets_of_one_client() -> None:
+    # Prepare: client 2 drops after sharing; everyone else survives.
+    ds = _dataset()
+    trainer = LinearTrainer(64, 10)
+    fleet = Scripted(InProcessFleet(ds, trainer), {MASKED: {"2"}})
+
+    # Execute
+    _round(fleet, SecAggSettings(encoding=ENCODING), trainer)
+
+    # Assert: self-mask shares only of survivors, mask-key shares only of the dropped client
+    for reply in fleet.received[UNMASK]:
+        released = unpack_map(reply.payload["shares"])
+        kinds = {key.partition(":")[2]: key[0] for key in released}
+        assert kinds.get("2") in (None, "s")
+        assert all(kind == "b" for owner, kind in kinds.items() if owner != "2")
+
+
+def test_a_client_refuses_to_release_both_secrets_of_a_neighbour() -> None:
+    # Prepare: a malicious server names client 5 both surviving and dropped.
+    ds = _dataset()
+    trainer = LinearTrainer(64, 10)
+
+    def lie(cid: str, ins: Instruction) -> Instruction:
+        if ins.phase != UNMASK:
+            return ins
+        u3 = unpack_map(ins.payload["u3"])
+        return dataclasses.replace(ins, payload={**ins.payload, "dropped": pack_map(
+            {"5": b""} if "5" in u3 else {})})  # fmt: skip
+
+    fleet = Scripted(InProcessFleet(ds, trainer), rewrite=lie)
+
+    # Execute / Assert
+    with pytest.raises(ClientError, match="both surviving and dropped"):
+        _round(fleet, SecAggSettings(encoding=ENCODING), trainer)
+
+
+def test_a_tampered_share_is_detected_by_its_recipient() -> None:
+    # Prepare: flip one bit of one encrypted share on its way to client 0.
+    ds = _dataset()
+    trainer = LinearTrainer(64, 10)
+
+    def tamper(cid: str, ins: Instruction) -> Instruction:
+        if ins.phase != MASKED or cid != "0":
+            return ins
+        held = unpack_map(ins.payload["shares"])
+        blob = bytearray(held["1"])
+        blob[40] ^= 1
+        held["1"] = bytes(blob)
+        return dataclasses.replace(ins, payload={**ins.payload, "shares": pack_map(held)})
+
+    fleet = Scripted(InProcessFleet(ds, trainer), rewrite=tamper)
+
+    # Execute / Assert
+    with pytest.raises(ClientError, match="share from client 1 failed to authenticate"):
+        _round(fleet, SecAggSettings(encoding=ENCODING), trainer)
+
+
+@pytest.mark.parametrize("phase", [KEYS, SHARE, MASKED, UNMASK])
+def test_more_dropouts_than_n_minus_t_fail_the_round_clearly(phase: str) -> None:
+    # t = ceil(0.6 * 9) = 6 of 10: five clients gone leaves 5 < 6.
+    ds = _dataset()
+    trainer = LinearTrainer(64, 10)
+    fleet = Scripted(InProcessFleet(ds, trainer), {phase: {"0", "2", "4", "6", "8"}})
+    with pytest.raises(RoundFailedError, match="only 5 client"):
+        _round(fleet, SecAggSettings(threshold=0.6, encoding=ENCODING), trainer)
+
+
+def test_malformed_replies_drop_their_senders_and_the_round_completes() -> None:
+    # Prepare: client 7's app sends a truncated masked input; client 3's advertises a short key.
+    ds = _dataset()
+    trainer = LinearTrainer(64, 10)
+    base = ClientApp()
+
+    def broken(ctx: ClientContext, ins: Instruction) -> Reply:
+        reply = base.handle(ctx, ins)
+        if ctx.client_id == "7" and ins.phase == MASKED:
+            return dataclasses.replace(reply, payload={"masked": reply.payload["masked"][:-4]})
+        if ctx.client_id == "3" and ins.phase == KEYS:
+            return dataclasses.replace(reply, payload={**reply.payload, "c_pk": b"short"})
+        return reply
+
+    app = ClientApp({p: broken for p in (KEYS, SHARE, MASKED, UNMASK)})
+    fleet = InProcessFleet(ds, trainer, app=app)
+    settings = SecAggSettings(threshold=0.6, encoding=ENCODING)
+
+    # Execute
+    mech, params, outcome = _round(fleet, settings, trainer)
+
+    # Assert
+    assert outcome.aggregate.count == 8
+    assert set(outcome.rejected) == {"3", "7"}
+    survivors = [str(i) for i in range(N) if i not in (3, 7)]
+    expected, weight = _expected_mean(ds, trainer, params, survivors, settings)
+    assert np.abs(outcome.aggregate.vector - expected).max() <= mech.error_bound(8, weight)
+
+
+def test_an_unsafe_threshold_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"--secagg-threshold must be in \(0.5, 1\]"):
+        SecAggSettings(threshold=0.5)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"strategy": "median"}, "only the sum of the updates, but median"),
+        ({"strategy": "krum"}, "but krum needs every update"),
+        ({"strategy": "scaffold"}, "cannot be combined"),
+        ({"secure_aggregation": None, "secagg_bits": 8}, "--secagg-bits needs"),
+        ({"secure_aggregation": "secagg++"}, "secagg or secagg+"),
+        ({"secagg_modulus_bits": 24, "secagg_bits": 20}, "overflow"),
+    ],
+)
+def test_configurations_that_do_not_compose_are_refused(settings: dict, message: str) -> None:
+    run = {"dataset": "digits", "model": "logreg", "clients": 20, "rounds": 1,
+           "secure_aggregation": "secagg", **settings}  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        fedloom.simulate(**run)
+
+
+@pytest.mark.parametrize("mode", ["secagg", "secagg+"])
+def test_fedavg_with_secure_aggregation_learns_as_without(mode: str) -> None:
+    # Same seed: the only difference is the quantization, far below what moves accuracy.
+    run = {"dataset": "digits", "model": "logreg", "clients": 20, "rounds": 5}
+    plain = fedloom.simulate(**run)
+    secure = fedloom.simulate(**run, secure_aggregation=mode)
+    assert secure.history.column("clients") == [20] * 5
+    assert abs((secure.history.final_accuracy or 0) - (plain.history.final_accuracy or 0)) < 0.01
+    assert np.abs(secure.parameters - plain.parameters).max() < 1e-3
