@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from fedloom.client import MODELS
 from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig, load_toml
 from fedloom.data import DATASETS, PARTITIONS
@@ -42,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _run_settings(sim, simulation=True)
+    _deploy_parsers(sub)
+    return parser
+
+
+def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
+    """The settings a simulation and a server share (and, for a simulation, its own)."""
     sim.add_argument("config", nargs="?", help="a TOML file of settings")
     add = sim.add_argument
     add("--dataset", help=f"one of: {', '.join(DATASETS)} (default digits)")
@@ -71,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     opt("--trim", type=float, help="trimmed-mean: fraction cut at each end (0.1)")
     opt("--byzantine", type=int, help="krum/multi-krum/bulyan: attackers tolerated, f (0)")
     opt("--krum-m", type=int, help="multi-krum: updates averaged, m (n - f)")
+    _common_tail(sim)
+    if not simulation:
+        return
     cond = sim.add_argument_group("simulated conditions and adversaries")
     cond.add_argument(
         "--stragglers", type=float, help="fraction of each round's clients that run 1..E epochs"
@@ -92,23 +104,169 @@ def _parser() -> argparse.ArgumentParser:
     sec.add_argument("--secagg-bits", type=int, help="fixed-point bits per value (20)")
     sec.add_argument("--secagg-modulus-bits", type=int, help="sums modulo 2^k (32)")
     sec.add_argument("--secagg-weight-bound", type=int, help="example count cap per client (1000)")
+    sim.add_argument("--stop-at-accuracy", type=float, help="end the run once accuracy reaches it")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _common_tail(sim: argparse.ArgumentParser) -> None:
+    add = sim.add_argument
     add("--seed", type=int, help="random seed (default 0)")
     add("--local-test-fraction", type=float, help="each client's local test share (default 0)")
     add("--test-fraction", type=float, help="central test share (default 0.2)")
     add("--min-clients", type=int, help="fewest accepted updates for a round (default 1)")
-    add("--stop-at-accuracy", type=float, help="end the run once test accuracy reaches this")
     add("--out", help="folder for history.json, model.npz and config.toml")
-    add("--quiet", action="store_true", help="no progress bar")
-    return parser
+
+
+_DEPLOY_EPILOG = """\
+  fedloom certs --out certs --server-host 127.0.0.1 --clients alice,bob,carol
+  fedloom server --certs certs --address 127.0.0.1:8080 --min-clients 3 --rounds 20 --out run
+  fedloom client --certs certs --server 127.0.0.1:8080 --client-id alice --data alice.csv
+"""
+
+
+def _deploy_parsers(sub: Any) -> None:
+    certs = sub.add_parser(
+        "certs",
+        help="create a federation's TLS certificates",
+        description="Create a CA, a server certificate and one certificate per client (mutual "
+        "TLS: a client's id is its certificate's common name). Run again with new --clients "
+        "to add clients to an existing federation; --revoke ID refuses a client from now on.",
+        epilog=_DEPLOY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    certs.add_argument("--out", required=True, help="folder for the certificates and keys")
+    certs.add_argument(
+        "--server-host",
+        action="append",
+        default=[],
+        help="an IP address or DNS name clients dial (repeatable)",
+    )
+    certs.add_argument("--clients", default="", help="comma-separated client ids to issue")
+    certs.add_argument("--revoke", metavar="ID", help="revoke this client")
+    certs.add_argument("--days", type=int, default=365, help="validity (default 365)")
+
+    server = sub.add_parser(
+        "server",
+        help="serve a federated run to remote clients over gRPC",
+        description="Serve a federated training run over gRPC with mutual TLS. The run is kept "
+        "in OUT/run.db; --resume continues it after a crash.",
+        epilog=_DEPLOY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _run_settings(server, simulation=False)
+    net = server.add_argument_group("network")
+    net.add_argument("--address", default="127.0.0.1:8080", help="host:port to listen on")
+    net.add_argument("--certs", help="the folder `fedloom certs` wrote")
+    net.add_argument("--insecure", action="store_true", help="no TLS, no authentication")
+    net.add_argument("--round-timeout", type=float, default=120.0, help="seconds (default 120)")
+    net.add_argument(
+        "--wait-for-clients",
+        type=float,
+        default=300.0,
+        help="seconds to wait for --min-clients to join (default 300)",
+    )
+    net.add_argument("--resume", action="store_true", help="continue the run in OUT/run.db")
+
+    client = sub.add_parser(
+        "client",
+        help="join a federated run and train on local data",
+        description="Join a fedloom server and train its model on this machine's data.",
+        epilog=_DEPLOY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    client.add_argument("--server", required=True, help="host:port of the server")
+    client.add_argument("--client-id", required=True, help="this client's id (its certificate)")
+    client.add_argument("--certs", help="folder with ca.pem and clients/ID.pem, clients/ID.key")
+    client.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")
+    client.add_argument("--data", help="this client's data: a .csv with a label column or .npz")
+    client.add_argument("--label", default="label", help="the CSV's label column (default label)")
+    client.add_argument("--dataset", help="or: a built-in dataset, one partition of it (demos)")
+    client.add_argument("--partition", help="with --dataset: how it is split")
+    client.add_argument("--clients", type=int, help="with --dataset: into how many clients")
+    client.add_argument(
+        "--partition-index",
+        type=int,
+        help="with --dataset: which partition (default: --client-id as a number)",
+    )
+    client.add_argument("--seed", type=int, default=0, help="with --dataset: the split's seed")
+    client.add_argument(
+        "--give-up",
+        type=float,
+        default=60.0,
+        help="seconds to keep retrying an unreachable server (default 60)",
+    )
+
+
+_NOT_SETTINGS = {
+    "command", "config", "quiet", "address", "certs", "insecure", "round_timeout",
+    "wait_for_clients", "resume",
+}  # fmt: skip
 
 
 def _settings(args: argparse.Namespace) -> SimulationConfig:
     settings: dict[str, Any] = load_toml(args.config) if args.config else {}
     for key, value in vars(args).items():
-        if key in ("command", "config", "quiet") or value is None:
+        if key in _NOT_SETTINGS or value is None:
             continue
         settings[key] = value
     return SimulationConfig().replace(**settings)
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedloom.transport._certs import create_federation, revoke
+
+    out = Path(args.out)
+    if args.revoke:
+        revoke(out, args.revoke)
+        print(f"revoked {args.revoke}; a running server refuses it from its next call")
+        return 0
+    clients = [c for c in args.clients.split(",") if c]
+    hosts = args.server_host or ["127.0.0.1", "localhost"]
+    made = create_federation(out, server_hosts=hosts, clients=clients, days=args.days)
+    print(f"credentials in {out}/: ca.pem, server.pem/.key, clients/ for {', '.join(clients)}")
+    return 0 if made else 2
+
+
+def _server(args: argparse.Namespace) -> int:
+    from fedloom.transport._run import ServeSettings, serve
+
+    config = _settings(args)
+    net = ServeSettings(args.address, args.certs, args.insecure, args.round_timeout,
+                        args.wait_for_clients, resume=args.resume)  # fmt: skip
+    started = time.perf_counter()
+    result = serve(config, net)
+    print(summary(result.history, time.perf_counter() - started))
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    from fedloom.data import ClientData, load_dataset
+    from fedloom.transport._run import load_client_data, serve_client
+
+    if (args.data is None) == (args.dataset is None):
+        raise ConfigError("give this client's data: --data FILE, or --dataset NAME (a demo)")
+    if args.data is not None:
+        train = load_client_data(args.data, args.label)
+        data = ClientData(train, train.subset(np.arange(0)))
+    else:
+        index = args.partition_index
+        if index is None:
+            if not args.client_id.isdigit():
+                raise ConfigError(
+                    "--dataset needs --partition-index when --client-id is not a number"
+                )
+            index = int(args.client_id)
+        ds = load_dataset(args.dataset, num_clients=args.clients, partition=args.partition,
+                          seed=args.seed)  # fmt: skip
+        if not 0 <= index < ds.num_clients:
+            raise ConfigError(f"partition {index} does not exist: the split has {ds.num_clients}")
+        data = ds.client(index)
+    answered = serve_client(args.server, args.client_id, certs=args.certs,
+                            insecure=args.insecure, data=data, give_up=args.give_up)  # fmt: skip
+    print(f"the run is over; this client answered {answered} instructions")
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -128,8 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="fedloom: %(message)s")
     try:
-        if args.command == "simulate":
-            return _simulate(args)
+        commands = {"simulate": _simulate, "certs": _certs, "server": _server, "client": _client}
+        return commands[args.command](args)
     except (ConfigError, DataError) as exc:
         print(f"fedloom: error: {exc}", file=sys.stderr)
         return 2

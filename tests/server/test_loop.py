@@ -241,3 +241,34 @@ def test_out_dir_gets_checkpoint_and_history_after_every_round(tmp_path: Path) -
     assert rounds[0]["accuracy"] == 0.5
     assert rounds[2]["loss"] == pytest.approx(result.parameters[0])
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_run_resumed_from_a_committed_state_ends_as_an_uninterrupted_one() -> None:
+    # Prepare: FedAdam keeps optimizer state, and a sampler draws 3 of 5 clients per round.
+    import fedloom
+    from fedloom.client import LinearTrainer
+    from fedloom.server import LoopState
+    from fedloom.simulation import InProcessFleet
+    from fedloom.strategy import CountSampler, make_strategy
+
+    ds = fedloom.load_dataset("digits", num_clients=5, seed=0)
+    trainer = LinearTrainer(64, 10)
+    strategy = make_strategy("fedadam", CountSampler(3, seed=1), server_lr=0.05)
+    start = trainer.init_parameters(0)
+    config = {"seed": 3}
+    committed: list[LoopState] = []
+
+    # Execute: 4 rounds straight; then 2 rounds, and a fresh fleet resuming from round 2
+    straight = fedloom.run_rounds(InProcessFleet(ds, trainer), strategy, start, rounds=4,
+                                  client_config=config)  # fmt: skip
+    fedloom.run_rounds(InProcessFleet(ds, trainer), strategy, start, rounds=2,
+                       client_config=config, on_commit=lambda s, o, sel: committed.append(s))  # fmt: skip
+    resumed = fedloom.run_rounds(InProcessFleet(ds, trainer), strategy, start, rounds=4,
+                                 client_config=config, resume=committed[-1])  # fmt: skip
+
+    # Assert
+    assert [s.round for s in committed] == [1, 2]
+    np.testing.assert_array_equal(resumed.parameters, straight.parameters)
+    assert resumed.history.column("clients") == straight.history.column("clients")
+    assert resumed.history.column("train_loss") == straight.history.column("train_loss")
+    assert len(resumed.history) == 4

@@ -153,10 +153,15 @@ class SecAggRound:
 
         # 2. share keys
         share_ins = {
-            u: Instruction(ctx.round, SHARE, None, config, {"keys": pack_map(
-                {v: keys[v][0] + keys[v][1] for v in sorted(graph[u])})})
+            u: Instruction(
+                ctx.round,
+                SHARE,
+                None,
+                config,
+                {"keys": pack_map({v: keys[v][0] + keys[v][1] for v in sorted(graph[u])})},
+            )
             for u in u1
-        }  # fmt: skip
+        }
         inbox: dict[str, dict[str, bytes]] = defaultdict(dict)
         u2: list[str] = []
         for reply in view.replies((yield share_ins), SHARE, u1):
@@ -177,11 +182,15 @@ class SecAggRound:
         u2_set = frozenset(u2)
         ids = pack_ids(sorted(u2))
         masked_ins = {
-            u: Instruction(ctx.round, MASKED, None, config, {
-                "shares": pack_map({s: b for s, b in inbox[u].items() if s in u2_set}),
-                "u2": ids})
+            u: Instruction(
+                ctx.round,
+                MASKED,
+                None,
+                config,
+                {"shares": pack_map({s: b for s, b in inbox[u].items() if s in u2_set}), "u2": ids},
+            )
             for u in u2
-        }  # fmt: skip
+        }
         total = np.zeros(count, dtype=np.uint64)
         u3: list[str] = []
         for reply in view.replies((yield masked_ins), MASKED, u2):
@@ -227,10 +236,14 @@ class SecAggRound:
         mean = summed * (settings.weight_bound / weight) if weight > 0 else summed * 0.0
         log.info(
             "round %d: secure sum of %d clients (%d dropped after sharing)",
-            ctx.round, len(u3), len(dropped),
-        )  # fmt: skip
+            ctx.round,
+            len(u3),
+            len(dropped),
+        )
         aggregate = Aggregate(mean.astype(np.float32), len(u3), weight)
-        return RoundOutcome(aggregate, ctx.aggregator_state, {}, view.rejected)
+        return RoundOutcome(
+            aggregate, ctx.aggregator_state, {}, view.rejected, accepted=tuple(sorted(u3))
+        )
 
     @staticmethod
     def _enough(round: int, phase: str, have: int, need: int) -> None:

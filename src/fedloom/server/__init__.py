@@ -2,13 +2,19 @@
 
 from fedloom.server._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedloom.server._fleet import Fleet
-from fedloom.server._loop import Evaluator, RunResult, run_rounds
+from fedloom.server._loop import Commit, Evaluator, LoopState, RunResult, run_rounds
+from fedloom.server._store import Participation, RoundState, RunStore
 
 __all__ = [
     "Checkpoint",
+    "Commit",
     "Evaluator",
     "Fleet",
+    "LoopState",
+    "Participation",
+    "RoundState",
     "RunResult",
+    "RunStore",
     "load_checkpoint",
     "run_rounds",
     "save_checkpoint",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,32 @@ from fedloom.strategy import (
 )
 from fedloom.tracking import History
 
-__all__ = ["RunResult", "run_rounds"]
+__all__ = ["Commit", "LoopState", "RunResult", "run_rounds"]
 
 log = logging.getLogger("fedloom.server")
 
 Evaluator = Callable[[Vector], EvalResult]
 """Centralized evaluation: the global model's loss and accuracy on the server's test set."""
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """Where a run stands after a completed round: enough to continue it exactly.
+
+    ``round`` is the last completed round (0 before the first); the three states are the
+    strategy's (``None`` means "not started": they are initialised as for a fresh run).
+    """
+
+    round: int
+    parameters: Vector
+    history: History
+    aggregator_state: Any = None
+    optimizer_state: Any = None
+    mechanism_state: Any = None
+
+
+Commit = Callable[[LoopState, RoundOutcome, Sequence[str]], None]
+"""Called after every round with the new state, the round's outcome and its selected clients."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,8 @@ def run_rounds(
     on_round: Callable[[RoundRecord], None] | None = None,
     run_info: Mapping[str, Any] | None = None,
     stop: Callable[[History], bool] | None = None,
+    resume: LoopState | None = None,
+    on_commit: Commit | None = None,
 ) -> RunResult:
     """Train for ``rounds`` rounds and return the final model and the history.
 
@@ -101,6 +123,9 @@ def run_rounds(
     when ``out_dir`` is given, saves ``model.npz`` (needs ``spec``) and ``history.json`` there.
     ``run_info`` (the malicious clients of a simulated attack, say) is kept in the history.
     ``stop``, when given, is asked after every round and ends the run early when it says so.
+    ``resume`` continues a run after its last completed round, with its history and the
+    strategy's states; ``on_commit`` is given each new state (to persist it) before the next
+    round starts.
 
     Raises
     ------
@@ -108,13 +133,19 @@ def run_rounds(
         When fewer than ``min_clients`` clients are available or send acceptable updates.
     """
     config: dict[str, Any] = {**(client_config or {}), **strategy.client_config}
+    first = 1
+    history = History(info=dict(run_info or {}))
+    if resume is not None:
+        parameters, history, first = resume.parameters, resume.history, resume.round + 1
     agg_state = strategy.aggregator.init(parameters.shape[0])
     opt_state = strategy.optimizer.init(parameters)
     mech_state = strategy.mechanism.init(parameters)
+    if resume is not None and resume.round > 0:
+        agg_state, opt_state = resume.aggregator_state, resume.optimizer_state
+        mech_state = resume.mechanism_state
     needed = max(min_clients, required_updates(strategy.aggregator))
-    history = History(info=dict(run_info or {}))
     out = Path(out_dir) if out_dir is not None else None
-    for round in range(1, rounds + 1):
+    for round in range(first, rounds + 1):
         started = time.perf_counter()
         available = fleet.clients()
         if len(available) < min_clients:
@@ -160,6 +191,9 @@ def run_rounds(
             if spec is not None:
                 save_checkpoint(out / "model.npz", Checkpoint(round, parameters, spec))
             history.write(out / "history.json")
+        if on_commit is not None:
+            state = LoopState(round, parameters, history, agg_state, opt_state, mech_state)
+            on_commit(state, outcome, selected)
         if on_round is not None:
             on_round(record)
         if stop is not None and stop(history):

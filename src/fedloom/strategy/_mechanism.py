@@ -49,7 +49,7 @@ class RoundOutcome:
 
     ``metrics`` are example-weighted means of the metrics the accepted clients reported;
     ``rejected`` maps a client id to the reason its reply was refused; ``state`` is the
-    mechanism's state for the next round.
+    mechanism's state for the next round; ``accepted`` names the clients whose updates went in.
     """
 
     aggregate: Aggregate
@@ -57,6 +57,7 @@ class RoundOutcome:
     metrics: Mapping[str, float] = field(default_factory=dict)
     rejected: Mapping[str, str] = field(default_factory=dict)
     state: Any = None
+    accepted: tuple[str, ...] = ()
 
 
 RoundSteps = Generator[Mapping[str, Instruction], Iterator[Reply], RoundOutcome]
@@ -79,6 +80,7 @@ class _FitTally:
 
     def __init__(self) -> None:
         self.rejected: dict[str, str] = {}
+        self.accepted: list[str] = []
         self._sums: dict[str, float] = {}
         self._weights: dict[str, float] = {}
 
@@ -87,6 +89,7 @@ class _FitTally:
         self.rejected[client_id] = reason
 
     def accept(self, reply: Reply) -> None:
+        self.accepted.append(reply.client_id)
         for key, value in reply.metrics.items():
             self._sums[key] = self._sums.get(key, 0.0) + float(value) * reply.num_examples
             self._weights[key] = self._weights.get(key, 0.0) + reply.num_examples
@@ -154,4 +157,6 @@ class PlainRound:
         aggregate, state = ctx.aggregator.aggregate(
             accepted_updates(replies, ctx, tally), ctx.parameters.shape[0], ctx.aggregator_state
         )
-        return RoundOutcome(aggregate, state, tally.metrics(), tally.rejected)
+        return RoundOutcome(
+            aggregate, state, tally.metrics(), tally.rejected, accepted=tuple(tally.accepted)
+        )

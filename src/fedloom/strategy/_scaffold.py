@@ -65,4 +65,6 @@ class ScaffoldRound:
         )
         population = max(ctx.num_clients, len(ctx.selected), 1)
         new_c = c + change_sum / population
-        return RoundOutcome(aggregate, agg_state, tally.metrics(), tally.rejected, new_c)
+        return RoundOutcome(
+            aggregate, agg_state, tally.metrics(), tally.rejected, new_c, tuple(tally.accepted)
+        )

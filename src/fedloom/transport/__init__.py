@@ -1,0 +1,1 @@
+"""Deployment over gRPC: the server's fleet, the client runtime, TLS credentials."""

@@ -1,0 +1,168 @@
+"""The client's side of deployment: connect out, pull instructions, push replies.
+
+The client runs the same :class:`~fedloom.client.ClientApp` as a simulated one. It keeps its
+:class:`~fedloom.client.ClientContext` (and so its state, such as SCAFFOLD's control variate)
+for its whole life, across server restarts: when the server goes away it retries with backoff
+and joins again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from fedloom.client import ClientApp, ClientContext
+from fedloom.errors import ClientError
+from fedloom.transport._proto import fedloom_pb2 as pb
+from fedloom.transport._service import CLIENT_ID_METADATA, SERVICE
+from fedloom.transport._wire import WireError, decode, encode_reply
+
+__all__ = ["ClientOptions", "run_client"]
+
+log = logging.getLogger("fedloom.transport")
+
+_RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How to reach the server.
+
+    ``tls`` is ``(client_cert_pem, client_key_pem, ca_pem)``, or ``None`` for an insecure
+    channel, in which case ``client_id`` is sent as unauthenticated metadata. ``give_up`` is how
+    long to keep retrying an unreachable server before exiting.
+    """
+
+    address: str
+    tls: tuple[bytes, bytes, bytes] | None
+    client_id: str = ""
+    poll_seconds: float = 5.0
+    give_up: float = 60.0
+    max_message_bytes: int = 1 << 31
+
+
+class _Session:
+    def __init__(self, options: ClientOptions) -> None:
+        self.options = options
+        if options.tls is not None:
+            cert, key, ca = options.tls
+            creds = grpc.ssl_channel_credentials(ca, key, cert)
+            self.channel = grpc.secure_channel(options.address, creds)
+        else:
+            self.channel = grpc.insecure_channel(options.address)
+        self.metadata = ((CLIENT_ID_METADATA, options.client_id),) if options.tls is None else None
+        ser = lambda message: message.SerializeToString()  # noqa: E731
+        path = f"/{SERVICE}/"
+        self.join = self.channel.unary_unary(path + "Join", ser, pb.JoinReply.FromString)
+        self.pull = self.channel.unary_stream(path + "Pull", ser, pb.Chunk.FromString)
+        self.push = self.channel.stream_unary(path + "Push", ser, pb.PushReply.FromString)
+        self.beat = self.channel.unary_unary(path + "Heartbeat", ser, pb.HeartbeatReply.FromString)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def run_client(
+    options: ClientOptions,
+    make_context: Callable[[dict[str, Any]], ClientContext],
+    app: ClientApp | None = None,
+) -> int:
+    """Serve the server's instructions until the run is over; returns how many were answered.
+
+    ``make_context`` builds this client's context (its data and trainer) from the model
+    description the server sends when the client joins; it is called once.
+    """
+    app = app or ClientApp()
+    session = _Session(options)
+    ctx: ClientContext | None = None
+    answered = 0
+    stop = threading.Event()
+    failing_since: float | None = None
+    try:
+        while True:
+            try:
+                joined = session.join(
+                    pb.JoinRequest(phases=list(app.phases)), timeout=30, metadata=session.metadata
+                )
+                if ctx is None:
+                    ctx = make_context(json.loads(joined.model_json))
+                log.info("joined run %s as %s", joined.run_id, ctx.client_id)
+                beats = threading.Thread(
+                    target=_heartbeats, args=(session, joined, stop), daemon=True
+                )
+                beats.start()
+                failing_since = None
+                answered += _serve(session, joined.run_id, app, ctx)
+                return answered
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code not in _RETRYABLE:
+                    raise
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > options.give_up:
+                    raise
+                log.warning("server unavailable (%s); retrying", code.name)
+                time.sleep(1.0)
+    finally:
+        stop.set()
+        session.close()
+
+
+def _heartbeats(session: _Session, joined: pb.JoinReply, stop: threading.Event) -> None:
+    while not stop.wait(joined.heartbeat_seconds):
+        try:
+            reply = session.beat(
+                pb.HeartbeatRequest(run_id=joined.run_id), timeout=10, metadata=session.metadata
+            )
+            if reply.finished:
+                return
+        except grpc.RpcError:
+            continue
+
+
+def _serve(session: _Session, run_id: str, app: ClientApp, ctx: ClientContext) -> int:
+    answered = 0
+    opts = session.options
+    while True:
+        chunks: Iterator[pb.Chunk] = session.pull(
+            pb.PullRequest(run_id=run_id, wait_seconds=opts.poll_seconds),
+            timeout=opts.poll_seconds + 60,
+            metadata=session.metadata,
+        )
+        try:
+            message = decode(chunks, opts.max_message_bytes)
+        except WireError as exc:
+            log.warning("ignored a malformed instruction: %s", exc)
+            continue
+        kind = message.header.kind
+        if kind == "done":
+            log.info("the run is over; answered %d instructions", answered)
+            return answered
+        if kind != "instruction":
+            continue
+        ins = message.instruction()
+        try:
+            reply = app.handle(ctx, ins)
+        except ClientError as exc:
+            log.warning("%s", exc)
+            continue
+        result = session.push(
+            encode_reply(run_id, message.header.message_id, reply),
+            timeout=600,
+            metadata=session.metadata,
+        )
+        if result.accepted:
+            answered += 1
+        else:
+            log.warning("the server refused our reply: %s", result.reason)

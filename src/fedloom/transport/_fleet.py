@@ -1,0 +1,224 @@
+"""The server's side of deployment: a fleet whose clients are remote processes.
+
+:class:`GrpcFleet` is a :class:`~fedloom.server.Fleet` like the in-process one, so the round
+loop does not change. The gRPC service (:mod:`fedloom.transport._service`) calls
+:meth:`GrpcFleet.join`, :meth:`~GrpcFleet.pull`, :meth:`~GrpcFleet.push` and
+:meth:`~GrpcFleet.heartbeat` from its worker threads; the round loop calls
+:meth:`~GrpcFleet.exchange` from its own. An instruction waits in its client's slot until the
+client pulls it; a reply is accepted at most once, only from the client it was addressed to,
+only for the instruction it names, and only while that instruction is outstanding.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedloom.messages import Instruction, Reply
+from fedloom.transport._wire import Message, WireError
+
+__all__ = ["GrpcFleet", "Outstanding"]
+
+log = logging.getLogger("fedloom.transport")
+
+
+@dataclass
+class Outstanding:
+    """An instruction sent to a client and not yet answered."""
+
+    message_id: str
+    instruction: Instruction
+
+
+@dataclass
+class _Slot:
+    last_seen: float
+    pending: Outstanding | None = None
+    answered: set[str] = field(default_factory=set)
+
+
+class GrpcFleet:
+    """Remote clients that connected to this server and keep sending heartbeats.
+
+    Parameters
+    ----------
+    run_id
+        The run the clients join; a message for another run is refused.
+    heartbeat_timeout
+        A client silent for this long (no heartbeat, pull or push) is taken for gone: it leaves
+        :meth:`clients`, and a round stops waiting for it.
+    """
+
+    def __init__(self, run_id: str, *, heartbeat_timeout: float = 15.0) -> None:
+        self.run_id = run_id
+        self.heartbeat_timeout = heartbeat_timeout
+        self._slots: dict[str, _Slot] = {}
+        self._replies: deque[Reply] = deque()
+        self._cond = threading.Condition()
+        self._finished = False
+
+    # ---------------------------------------------------------------- called by the service
+
+    def join(self, client_id: str) -> None:
+        """Register ``client_id`` (again, after a reconnect: its slot is kept)."""
+        with self._cond:
+            slot = self._slots.get(client_id)
+            if slot is None:
+                self._slots[client_id] = _Slot(time.monotonic())
+                log.info("client %s joined", client_id)
+            else:
+                slot.last_seen = time.monotonic()
+            self._cond.notify_all()
+
+    def heartbeat(self, client_id: str) -> bool:
+        """Note that ``client_id`` is alive; False when it never joined."""
+        with self._cond:
+            slot = self._slots.get(client_id)
+            if slot is not None:
+                slot.last_seen = time.monotonic()
+            return slot is not None
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def pull(self, client_id: str, wait: float) -> Outstanding | None:
+        """The client's outstanding instruction, waiting up to ``wait`` seconds for one."""
+        deadline = time.monotonic() + max(0.0, min(wait, 60.0))
+        with self._cond:
+            while True:
+                slot = self._slots.get(client_id)
+                if slot is None or self._finished:
+                    return None
+                slot.last_seen = time.monotonic()
+                if slot.pending is not None:
+                    return slot.pending
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def push(self, client_id: str, message: Message) -> tuple[bool, str]:
+        """Accept a reply, or say why not: ``(accepted, reason)``."""
+        header = message.header
+        with self._cond:
+            slot = self._slots.get(client_id)
+            if slot is None:
+                return False, "unknown client: join first"
+            slot.last_seen = time.monotonic()
+            if header.message_id in slot.answered:
+                return True, "already accepted (a retry)"
+            pending = slot.pending
+            if pending is None or pending.message_id != header.message_id:
+                return False, "answers no outstanding instruction (stale, replayed or misrouted)"
+            ins = pending.instruction
+            if header.round != ins.round or header.phase != ins.phase:
+                return False, f"answers round {header.round} phase {header.phase!r}, " \
+                              f"expected {ins.round} {ins.phase!r}"  # fmt: skip
+            try:
+                reply = message.reply(client_id)
+            except WireError as exc:
+                return False, str(exc)
+            problem = _vector_problem(reply, ins)
+            if problem is not None:
+                return False, problem
+            slot.pending = None
+            slot.answered.add(header.message_id)
+            self._replies.append(reply)
+            self._cond.notify_all()
+            return True, ""
+
+    # ---------------------------------------------------------------- the Fleet protocol
+
+    def clients(self) -> Sequence[str]:
+        now = time.monotonic()
+        with self._cond:
+            return sorted(
+                cid for cid, s in self._slots.items() if now - s.last_seen < self.heartbeat_timeout
+            )
+
+    def wait_for_clients(self, count: int, timeout: float | None) -> bool:
+        """Block until ``count`` clients are connected; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self.clients()) < count:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            with self._cond:
+                self._cond.wait(0.2)
+        return True
+
+    def exchange(
+        self, instructions: Mapping[str, Instruction], timeout: float | None
+    ) -> Iterator[Reply]:
+        """Post each instruction in its client's slot and yield replies as they are accepted,
+        until every client answered, went silent, or ``timeout`` seconds passed."""
+        waiting: dict[str, str] = {}
+        with self._cond:
+            for cid, ins in instructions.items():
+                slot = self._slots.get(cid)
+                if slot is None:
+                    continue
+                mid = uuid.uuid4().hex
+                slot.pending = Outstanding(mid, ins)
+                waiting[cid] = mid
+            self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while waiting:
+                reply = self._next_reply(waiting, deadline)
+                if reply is None:
+                    break
+                yield reply
+        finally:
+            with self._cond:
+                for cid, mid in waiting.items():
+                    slot = self._slots.get(cid)
+                    if slot is not None and slot.pending and slot.pending.message_id == mid:
+                        slot.pending = None
+                if waiting:
+                    log.warning("no reply from %s in time", ", ".join(sorted(waiting)))
+
+    def _next_reply(self, waiting: dict[str, str], deadline: float | None) -> Reply | None:
+        with self._cond:
+            while True:
+                while self._replies:
+                    reply = self._replies.popleft()
+                    if waiting.pop(reply.client_id, None) is not None:
+                        return reply
+                now = time.monotonic()
+                for cid in [
+                    c for c in waiting if now - self._slots[c].last_seen > self.heartbeat_timeout
+                ]:
+                    log.warning("client %s timed out (no heartbeat)", cid)
+                    del waiting[cid]
+                if not waiting or (deadline is not None and now >= deadline):
+                    return None
+                self._cond.wait(0.5 if deadline is None else max(0.0, min(0.5, deadline - now)))
+
+    def finish(self) -> None:
+        """Tell every client that the run is over."""
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        self.finish()
+
+
+def _vector_problem(reply: Reply, ins: Instruction) -> str | None:
+    """Why a reply's vector cannot answer ``ins``, checked before it reaches the round."""
+    vec = reply.vector
+    if vec is None:
+        return None
+    if ins.parameters is not None and vec.shape != ins.parameters.shape:
+        return f"the update has {vec.shape[0]} values, the model {ins.parameters.shape[0]}"
+    if not np.isfinite(vec).all():
+        return "the update contains NaN or Inf"
+    return None

@@ -1,0 +1,262 @@
+"""``fedloom server`` and ``fedloom client``: a deployed run, end to end.
+
+The server takes the same settings as a simulation (dataset for its central test set and the
+model's shape, model, strategy, rounds, seed), keeps the run in ``OUT/run.db`` (SQLite, WAL)
+and serves it over gRPC; ``--resume`` continues the run stored there from its last completed
+round. A client builds the model the server describes and trains on its own data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedloom.client import ClientContext, EvalResult, Trainer, make_trainer
+from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig
+from fedloom.data import ArrayData, ClientData, load_dataset
+from fedloom.errors import ConfigError, DataError, RoundFailedError
+from fedloom.params import Vector
+from fedloom.server import LoopState, Participation, RunResult, RunStore, run_rounds
+from fedloom.simulation._run import sampler_for
+from fedloom.strategy import RoundOutcome, make_strategy
+from fedloom.transport._certs import Credentials, revoked
+from fedloom.transport._client import ClientOptions, run_client
+from fedloom.transport._fleet import GrpcFleet
+from fedloom.transport._service import ServerOptions, start_server
+
+__all__ = ["ServeSettings", "model_description", "serve", "serve_client"]
+
+log = logging.getLogger("fedloom.transport")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The network side of ``fedloom server``."""
+
+    address: str = "127.0.0.1:8080"
+    certs: str | None = None
+    insecure: bool = False
+    round_timeout: float = 120.0
+    wait_for_clients: float = 300.0
+    heartbeat_timeout: float = 15.0
+    resume: bool = False
+
+
+def model_description(
+    cfg: SimulationConfig, input_shape: tuple[int, ...], classes: int
+) -> dict[str, Any]:
+    """What a client needs to build the run's model: sent when it joins."""
+    sgd = BUILTIN_MODEL_SGD
+    return {
+        "model": cfg.model,
+        "input_shape": list(input_shape),
+        "num_classes": classes,
+        "lr": cfg.lr if cfg.lr is not None else sgd.lr,
+        "local_epochs": cfg.local_epochs or sgd.local_epochs,
+        "batch_size": cfg.batch_size or sgd.batch_size,
+        "momentum": cfg.momentum,
+    }
+
+
+def _tls(certs: str | None, insecure: bool, who: str) -> tuple[bytes, bytes, bytes] | None:
+    if insecure:
+        log.warning(
+            "INSECURE: no TLS and no authentication; anyone who can reach this port can read "
+            "the model and send updates. Use only on a trusted network for experiments."
+        )
+        return None
+    if certs is None:
+        raise ConfigError(
+            "give --certs DIR (create it with `fedloom certs`), or --insecure for a local test"
+        )
+    base = Path(certs)
+    if who == "server":
+        creds = Credentials(base / "server.pem", base / "server.key", base / "ca.pem")
+    else:
+        creds = Credentials(
+            base / "clients" / f"{who}.pem", base / "clients" / f"{who}.key", base / "ca.pem"
+        )
+    return creds.load()
+
+
+def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
+    """Run (or with ``net.resume``, continue) a federated training over gRPC."""
+    if cfg.out is None:
+        raise ConfigError("fedloom server needs --out DIR: the run is kept in DIR/run.db")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = RunStore(out / "run.db")
+    try:
+        if net.resume:
+            if store.run_id is None:
+                raise ConfigError(f"--resume: {out / 'run.db'} holds no run to continue")
+            cfg = SimulationConfig().replace(**store.run_config())
+        ds = load_dataset(
+            cfg.dataset,
+            num_clients=cfg.clients,
+            partition=cfg.partition,
+            seed=cfg.seed,
+            test_fraction=cfg.test_fraction,
+        )
+        model = model_description(cfg, ds.input_shape, ds.num_classes)
+        trainer = _trainer(model)
+        if net.resume:
+            state = store.latest()
+            log.info("resuming run %s after round %d", store.run_id, state.round)
+        else:
+            store.create_run(cfg.to_dict(), trainer.spec, trainer.init_parameters(cfg.seed))
+            state = store.latest()
+        run_id = store.run_id or ""
+        agg, opt, mech = pickle.loads(state.states) if state.states else (None, None, None)
+        resume = LoopState(state.round, state.parameters, state.history, agg, opt, mech)
+        strategy = make_strategy(
+            cfg.strategy,
+            sampler_for(cfg, cfg.clients_per_round or cfg.min_clients),
+            **cfg.strategy_options(),
+        )
+        fleet = GrpcFleet(run_id, heartbeat_timeout=net.heartbeat_timeout)
+        options = ServerOptions(
+            net.address,
+            _tls(net.certs, net.insecure, "server"),
+            model,
+            revoked=_revocation(net.certs),
+        )
+        server, port = start_server(fleet, options)
+        log.warning("serving run %s on port %d", run_id, port)
+        try:
+            if not fleet.wait_for_clients(cfg.min_clients, net.wait_for_clients):
+                raise RoundFailedError(
+                    state.round + 1, "join", len(fleet.clients()), cfg.min_clients
+                )
+
+            def commit(loop: LoopState, outcome: RoundOutcome, selected: Any) -> None:
+                states = pickle.dumps(
+                    (loop.aggregator_state, loop.optimizer_state, loop.mechanism_state)
+                )
+                store.commit_round(
+                    loop.history.rounds[-1],
+                    loop.parameters,
+                    states,
+                    _participation(outcome, selected),
+                    loop.history.info,
+                )
+
+            test = ds.test
+
+            def evaluate(parameters: Vector) -> EvalResult:
+                return trainer.evaluate(parameters, test)
+
+            return run_rounds(
+                fleet,
+                strategy,
+                state.parameters,
+                rounds=cfg.rounds,
+                client_config=cfg.client_config(),
+                evaluate=evaluate if len(test) else None,
+                min_clients=cfg.min_clients,
+                round_timeout=net.round_timeout,
+                out_dir=out,
+                spec=trainer.spec,
+                resume=resume,
+                on_commit=commit,
+            )
+        finally:
+            fleet.finish()
+            time.sleep(min(2.0, net.heartbeat_timeout))  # let clients hear "done"
+            server.stop(grace=1.0)
+    finally:
+        store.close()
+
+
+def _revocation(certs: str | None) -> Any:
+    if certs is None:
+        return frozenset
+    folder = Path(certs)
+    return lambda: revoked(folder)
+
+
+def _participation(outcome: RoundOutcome, selected: Any) -> list[Participation]:
+    rows = [Participation(c, "fit", "accepted") for c in outcome.accepted]
+    rows += [Participation(c, "fit", "rejected", r) for c, r in outcome.rejected.items()]
+    seen = set(outcome.accepted) | set(outcome.rejected)
+    rows += [Participation(c, "fit", "dropped") for c in selected if c not in seen]
+    return rows
+
+
+def _trainer(model: dict[str, Any]) -> Trainer:
+    try:
+        return make_trainer(
+            str(model["model"]),
+            input_shape=tuple(int(x) for x in model["input_shape"]),
+            num_classes=int(model["num_classes"]),
+            lr=float(model["lr"]),
+            local_epochs=int(model["local_epochs"]),
+            batch_size=int(model["batch_size"]),
+            momentum=float(model.get("momentum", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"the server's model description is malformed: {exc}") from None
+
+
+def load_client_data(path: str, label: str = "label") -> ArrayData:
+    """A client's own data from a file: CSV with a label column, or NumPy ``.npz`` (x, y)."""
+    file = Path(path)
+    if not file.exists():
+        raise DataError(f"data file {path} does not exist")
+    if file.suffix == ".npz":
+        with np.load(file) as arrays:
+            if "x" not in arrays or "y" not in arrays:
+                raise DataError(f"{path} must hold arrays named x and y")
+            return ArrayData(arrays["x"].reshape(len(arrays["x"]), -1), arrays["y"])
+    if file.suffix == ".csv":
+        import csv
+
+        with file.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+        if not rows or label not in rows[0]:
+            raise DataError(f"{path}: no {label!r} column in the header; name it with --label")
+        col = rows[0].index(label)
+        try:
+            values = np.array([[float(v) for v in r] for r in rows[1:]], dtype=np.float64)
+        except ValueError as exc:
+            raise DataError(f"{path}: a value is not a number: {exc}") from None
+        labels = values[:, col]
+        if not np.all(labels == np.round(labels)):
+            raise DataError(f"{path}: the {label!r} column must hold whole-number classes")
+        return ArrayData(np.delete(values, col, axis=1), labels.astype(np.int64))
+    raise DataError(f"{path}: give a .csv (with a label column) or a .npz (x, y) file")
+
+
+def serve_client(
+    address: str,
+    client_id: str,
+    *,
+    certs: str | None,
+    insecure: bool,
+    data: ClientData,
+    give_up: float = 60.0,
+) -> int:
+    """Join the server at ``address`` as ``client_id`` and train until the run ends."""
+    tls = _tls(certs, insecure, client_id)
+
+    def context(model: dict[str, Any]) -> ClientContext:
+        trainer = _trainer(model)
+        width = math.prod(int(x) for x in model["input_shape"])
+        if data.train.x.shape[1] != width:
+            raise DataError(
+                f"this client's examples have {data.train.x.shape[1]} features; the server's "
+                f"model takes {width}"
+            )
+        return ClientContext(client_id, data, trainer)
+
+    options = ClientOptions(address, tls, client_id=client_id, give_up=give_up)
+    return run_client(options, context)

@@ -1,0 +1,155 @@
+"""The gRPC service in front of a :class:`~fedloom.transport._fleet.GrpcFleet`.
+
+Who is calling comes from the TLS layer: the common name of the client certificate that the
+federation's CA issued (mutual TLS). With ``insecure=True`` (for local experiments only) a
+client names itself in the ``fedloom-client-id`` metadata and nothing checks it. A revoked
+client, or a call with no identity, is refused with ``PERMISSION_DENIED`` or
+``UNAUTHENTICATED`` and logged; it never reaches the fleet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from fedloom.transport._fleet import GrpcFleet
+from fedloom.transport._proto import fedloom_pb2 as pb
+from fedloom.transport._wire import WireError, decode, encode_instruction, encode_signal
+
+__all__ = ["ServerOptions", "start_server"]
+
+log = logging.getLogger("fedloom.transport")
+
+SERVICE = "fedloom.v1.Federation"
+CLIENT_ID_METADATA = "fedloom-client-id"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How the server listens and what it accepts.
+
+    ``tls`` is ``(server_cert_pem, server_key_pem, ca_pem)``, or ``None`` for an insecure
+    server; ``revoked`` returns the ids refused now (re-read on every call, so revoking takes
+    effect without a restart); ``max_message_bytes`` bounds one decoded message.
+    """
+
+    address: str
+    tls: tuple[bytes, bytes, bytes] | None
+    model: dict[str, Any]
+    revoked: Callable[[], frozenset[str]] = frozenset
+    max_message_bytes: int = 1 << 31
+    heartbeat_seconds: float = 3.0
+    max_workers: int = 64
+
+
+class _Handlers:
+    def __init__(self, fleet: GrpcFleet, options: ServerOptions) -> None:
+        self.fleet = fleet
+        self.options = options
+
+    def identity(self, context: grpc.ServicerContext) -> str:
+        if self.options.tls is not None:
+            names = context.auth_context().get("x509_common_name") or []
+            client_id = names[0].decode() if names else ""
+        else:
+            client_id = dict(context.invocation_metadata()).get(CLIENT_ID_METADATA, "")
+            client_id = client_id if isinstance(client_id, str) else ""
+        if not client_id:
+            log.warning("refused a call with no client identity from %s", context.peer())
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client identity")
+        if client_id in self.options.revoked():
+            log.warning("refused revoked client %s (%s)", client_id, context.peer())
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"client {client_id} is revoked")
+        return client_id
+
+    def join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        client_id = self.identity(context)
+        self.fleet.join(client_id)
+        return pb.JoinReply(
+            run_id=self.fleet.run_id,
+            model_json=json.dumps(self.options.model),
+            heartbeat_seconds=self.options.heartbeat_seconds,
+        )
+
+    def pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        client_id = self.identity(context)
+        if request.run_id != self.fleet.run_id:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "another run: join again")
+        if self.fleet.finished:
+            yield from encode_signal(self.fleet.run_id, "done")
+            return
+        outstanding = self.fleet.pull(client_id, request.wait_seconds)
+        if outstanding is None:
+            kind = "done" if self.fleet.finished else "wait"
+            yield from encode_signal(self.fleet.run_id, kind)
+            return
+        yield from encode_instruction(
+            self.fleet.run_id, outstanding.message_id, outstanding.instruction
+        )
+
+    def push(self, chunks: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.PushReply:
+        client_id = self.identity(context)
+        try:
+            message = decode(chunks, self.options.max_message_bytes)
+        except WireError as exc:
+            log.warning("refused a reply from %s: %s", client_id, exc)
+            return pb.PushReply(accepted=False, reason=str(exc))
+        if message.header.run_id != self.fleet.run_id or message.header.kind != "reply":
+            reason = "not a reply of this run"
+        else:
+            accepted, reason = self.fleet.push(client_id, message)
+            if accepted:
+                return pb.PushReply(accepted=True, reason=reason)
+        log.warning("refused a reply from %s: %s", client_id, reason)
+        return pb.PushReply(accepted=False, reason=reason)
+
+    def heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.HeartbeatReply:
+        client_id = self.identity(context)
+        known = request.run_id == self.fleet.run_id and self.fleet.heartbeat(client_id)
+        return pb.HeartbeatReply(known=known, finished=self.fleet.finished)
+
+
+def start_server(fleet: GrpcFleet, options: ServerOptions) -> tuple[grpc.Server, int]:
+    """Start serving ``fleet``; returns the server and the port it bound."""
+    h = _Handlers(fleet, options)
+    ser = lambda message: message.SerializeToString()  # noqa: E731
+    methods = {
+        "Join": grpc.unary_unary_rpc_method_handler(
+            h.join, request_deserializer=pb.JoinRequest.FromString, response_serializer=ser
+        ),
+        "Pull": grpc.unary_stream_rpc_method_handler(
+            h.pull, request_deserializer=pb.PullRequest.FromString, response_serializer=ser
+        ),
+        "Push": grpc.stream_unary_rpc_method_handler(
+            h.push, request_deserializer=pb.Chunk.FromString, response_serializer=ser
+        ),
+        "Heartbeat": grpc.unary_unary_rpc_method_handler(
+            h.heartbeat,
+            request_deserializer=pb.HeartbeatRequest.FromString,
+            response_serializer=ser,
+        ),
+    }
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=options.max_workers),
+        handlers=[grpc.method_handlers_generic_handler(SERVICE, methods)],
+    )
+    if options.tls is not None:
+        cert, key, ca = options.tls
+        creds = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True
+        )
+        port = server.add_secure_port(options.address, creds)
+    else:
+        port = server.add_insecure_port(options.address)
+    if port == 0:
+        raise OSError(f"cannot listen on {options.address}")
+    server.start()
+    return server, port

@@ -1,0 +1,174 @@
+"""Instructions and replies as chunk streams, and back, with every field checked on the way in.
+
+A message is a :class:`Header` chunk followed by its blobs' bytes (the float32 vector, then
+each payload value) in pieces of at most :data:`CHUNK_BYTES`. Decoding never trusts the
+sender: a stream that does not start with a header, declares more than the size limit, or
+whose data does not add up to the declared sizes is refused with :class:`WireError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedloom.errors import FedloomError
+from fedloom.messages import Instruction, Reply, Scalar
+from fedloom.params import Vector
+from fedloom.transport._proto import fedloom_pb2 as pb
+
+__all__ = [
+    "CHUNK_BYTES",
+    "Message",
+    "WireError",
+    "decode",
+    "encode_instruction",
+    "encode_reply",
+    "encode_signal",
+]
+
+CHUNK_BYTES = 1 << 20
+"""The largest piece of a blob in one chunk: 1 MiB, far below gRPC's 4 MB message limit."""
+
+VECTOR = "vector"
+
+
+class WireError(FedloomError):
+    """A message on the wire is malformed, truncated or too large."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded chunk stream: its header and its blobs by name."""
+
+    header: pb.Header
+    blobs: Mapping[str, bytes]
+
+    def instruction(self) -> Instruction:
+        h = self.header
+        return Instruction(
+            h.round,
+            h.phase,
+            self._vector(),
+            _config(h.config),
+            {k: v for k, v in self.blobs.items() if k != VECTOR},
+        )
+
+    def reply(self, client_id: str) -> Reply:
+        h = self.header
+        metrics = {k: float(v) for k, v in h.metrics.items()}
+        payload = {k: v for k, v in self.blobs.items() if k != VECTOR}
+        return Reply(
+            client_id, h.round, h.phase, self._vector(), int(h.num_examples), metrics, payload
+        )
+
+    def _vector(self) -> Vector | None:
+        raw = self.blobs.get(VECTOR)
+        if raw is None:
+            return None
+        if len(raw) % 4:
+            raise WireError(f"the vector has {len(raw)} bytes, not a whole number of float32")
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)
+
+
+def _config(entries: Mapping[str, pb.Scalar]) -> dict[str, Scalar]:
+    out: dict[str, Scalar] = {}
+    for key, scalar in entries.items():
+        which = scalar.WhichOneof("value")
+        if which is None:
+            raise WireError(f"config {key!r} has no value")
+        out[key] = getattr(scalar, which)
+    return out
+
+
+def _scalar(value: Scalar) -> pb.Scalar:
+    if isinstance(value, bool):
+        return pb.Scalar(flag=value)
+    if isinstance(value, int):
+        return pb.Scalar(integer=value)
+    if isinstance(value, float):
+        return pb.Scalar(real=value)
+    return pb.Scalar(text=str(value))
+
+
+def _stream(header: pb.Header, blobs: Mapping[str, bytes | memoryview]) -> Iterator[pb.Chunk]:
+    for name, data in blobs.items():
+        header.blobs.append(pb.Blob(name=name, size=memoryview(data).nbytes))
+    yield pb.Chunk(header=header)
+    for data in blobs.values():
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), CHUNK_BYTES):
+            yield pb.Chunk(data=bytes(view[start : start + CHUNK_BYTES]))
+
+
+def _blobs(vector: Vector | None, payload: Mapping[str, bytes]) -> dict[str, bytes | memoryview]:
+    blobs: dict[str, bytes | memoryview] = {}
+    if vector is not None:
+        blobs[VECTOR] = np.ascontiguousarray(vector, dtype="<f4").data
+    blobs.update(payload)
+    return blobs
+
+
+def encode_instruction(run_id: str, message_id: str, ins: Instruction) -> Iterator[pb.Chunk]:
+    """An instruction as chunks."""
+    header = pb.Header(
+        run_id=run_id, message_id=message_id, kind="instruction", round=ins.round, phase=ins.phase
+    )
+    for key, value in ins.config.items():
+        header.config[key].CopyFrom(_scalar(value))
+    return _stream(header, _blobs(ins.parameters, ins.payload))
+
+
+def encode_reply(run_id: str, message_id: str, reply: Reply) -> Iterator[pb.Chunk]:
+    """A reply to the instruction ``message_id`` as chunks."""
+    header = pb.Header(
+        run_id=run_id,
+        message_id=message_id,
+        kind="reply",
+        round=reply.round,
+        phase=reply.phase,
+        num_examples=max(reply.num_examples, 0),
+    )
+    for key, value in reply.metrics.items():
+        header.metrics[key] = float(value)
+    return _stream(header, _blobs(reply.vector, reply.payload))
+
+
+def encode_signal(run_id: str, kind: str) -> Iterator[pb.Chunk]:
+    """A bodiless message: ``wait`` (nothing to do yet) or ``done`` (the run is over)."""
+    yield pb.Chunk(header=pb.Header(run_id=run_id, kind=kind))
+
+
+def decode(chunks: Iterable[pb.Chunk], max_bytes: int) -> Message:
+    """Reassemble a chunk stream; :class:`WireError` when it is malformed or over ``max_bytes``."""
+    stream = iter(chunks)
+    first = next(stream, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise WireError("the stream does not start with a header")
+    header = first.header
+    sizes = [(b.name, int(b.size)) for b in header.blobs]
+    total = sum(size for _, size in sizes)
+    if total > max_bytes:
+        raise WireError(f"the message declares {total} bytes, more than the limit {max_bytes}")
+    if len({name for name, _ in sizes}) != len(sizes):
+        raise WireError("a blob name repeats")
+    buffer = bytearray(total)
+    filled = 0
+    for chunk in stream:
+        if chunk.WhichOneof("part") != "data":
+            raise WireError("a second header inside one message")
+        end = filled + len(chunk.data)
+        if end > total:
+            raise WireError(f"more data than the {total} bytes the header declares")
+        buffer[filled:end] = chunk.data
+        filled = end
+    if filled != total:
+        raise WireError(f"truncated: {filled} of {total} declared bytes arrived")
+    blobs: dict[str, bytes] = {}
+    offset = 0
+    view = memoryview(buffer)
+    for name, size in sizes:
+        blobs[name] = bytes(view[offset : offset + size])
+        offset += size
+    return Message(header, blobs)
