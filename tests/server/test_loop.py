@@ -259,12 +259,25 @@ def test_a_run_resumed_from_a_committed_state_ends_as_an_uninterrupted_one() -> 
     committed: list[LoopState] = []
 
     # Execute: 4 rounds straight; then 2 rounds, and a fresh fleet resuming from round 2
-    straight = fedloom.run_rounds(InProcessFleet(ds, trainer), strategy, start, rounds=4,
-                                  client_config=config)  # fmt: skip
-    fedloom.run_rounds(InProcessFleet(ds, trainer), strategy, start, rounds=2,
-                       client_config=config, on_commit=lambda s, o, sel: committed.append(s))  # fmt: skip
-    resumed = fedloom.run_rounds(InProcessFleet(ds, trainer), strategy, start, rounds=4,
-                                 client_config=config, resume=committed[-1])  # fmt: skip
+    straight = fedloom.run_rounds(
+        InProcessFleet(ds, trainer), strategy, start, rounds=4, client_config=config
+    )
+    fedloom.run_rounds(
+        InProcessFleet(ds, trainer),
+        strategy,
+        start,
+        rounds=2,
+        client_config=config,
+        on_commit=lambda s, o, sel: committed.append(s),
+    )
+    resumed = fedloom.run_rounds(
+        InProcessFleet(ds, trainer),
+        strategy,
+        start,
+        rounds=4,
+        client_config=config,
+        resume=committed[-1],
+    )
 
     # Assert
     assert [s.round for s in committed] == [1, 2]

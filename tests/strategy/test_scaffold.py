@@ -147,3 +147,20 @@ def test_server_rejects_a_malformed_control_change(raw: bytes) -> None:
     _, outcome = _drive(ScaffoldRound(), ctx, lambda cid, ins: _reply(cid, [1, 1], None, raw))
     assert outcome.aggregate.count == 0 and "a" in outcome.rejected
     np.testing.assert_allclose(outcome.state, [0.0, 0.0])
+
+
+def test_a_diverged_client_keeps_its_previous_control_variate() -> None:
+    # Prepare: a learning rate so large that training overflows to Inf/NaN
+    trainer = LinearTrainer(4, 3, lr=1e300, local_epochs=3, batch_size=5)
+    ctx = _client(trainer)
+    ctx.state[STATE_KEY] = np.full(15, 0.5, np.float32)
+    x = np.ones(15, np.float32)
+    ins = Instruction(1, "fit", x, {"seed": 0}, {CONTROL_KEY: np.zeros(15, np.float32).tobytes()})
+
+    # Execute
+    with np.errstate(all="ignore"):
+        reply = ClientApp().handle(ctx, ins)
+
+    # Assert: the reply is not finite (the server will refuse it); the state is untouched
+    assert not np.isfinite(reply.vector).all()
+    np.testing.assert_array_equal(ctx.state[STATE_KEY], np.full(15, 0.5, np.float32))

@@ -96,7 +96,10 @@ def scaffold_fit(ctx: ClientContext, ins: Instruction, seed: int) -> Reply:
         raise fail("SCAFFOLD needs the trainer to report the local steps and lr it used")
     delta = result.parameters - x
     new_c_i, change = control_update(c_i, c, delta, result.steps, result.lr)
-    ctx.state[STATE_KEY] = new_c_i
+    if np.isfinite(new_c_i).all():
+        ctx.state[STATE_KEY] = new_c_i
+    # else: training diverged; the server refuses this reply, and the client keeps its old c_i
+    # rather than carrying NaN into every later round
     return Reply(
         ctx.client_id,
         ins.round,
