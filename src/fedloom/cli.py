@@ -178,7 +178,12 @@ def _deploy_parsers(sub: Any) -> None:
     client.add_argument("--client-id", required=True, help="this client's id (its certificate)")
     client.add_argument("--certs", help="folder with ca.pem and clients/ID.pem, clients/ID.key")
     client.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")
-    client.add_argument("--data", help="this client's data: a .csv with a label column or .npz")
+    client.add_argument(
+        "--data",
+        help="this client's data: .csv (label column), .npz (x, y), MNIST IDX folder, "
+        "or LEAF .json",
+    )
+    client.add_argument("--user", help="with a LEAF .json --data: which user's data")
     client.add_argument("--label", default="label", help="the CSV's label column (default label)")
     client.add_argument("--dataset", help="or: a built-in dataset, one partition of it (demos)")
     client.add_argument("--partition", help="with --dataset: how it is split")
@@ -248,7 +253,7 @@ def _client(args: argparse.Namespace) -> int:
     if (args.data is None) == (args.dataset is None):
         raise ConfigError("give this client's data: --data FILE, or --dataset NAME (a demo)")
     if args.data is not None:
-        train = load_client_data(args.data, args.label)
+        train = load_client_data(args.data, args.label, args.user)
         data = ClientData(train, train.subset(np.arange(0)))
     else:
         index = args.partition_index
