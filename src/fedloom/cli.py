@@ -96,8 +96,11 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
     )
     cond.add_argument("--attack-scale", type=float, help="the attack's k (its default if unset)")
     sec = sim.add_argument_group("secure aggregation")
-    sec.add_argument("--secure-aggregation", choices=("secagg", "secagg+"),
-                     help="the server sees only the sum of the updates")  # fmt: skip
+    sec.add_argument(
+        "--secure-aggregation",
+        choices=("secagg", "secagg+"),
+        help="the server sees only the sum of the updates",
+    )
     sec.add_argument("--secagg-threshold", type=float, help="t as a share of neighbours (2/3)")
     sec.add_argument("--secagg-degree", type=int, help="secagg+: neighbours per client (log n)")
     sec.add_argument("--secagg-clip", type=float, help="per-coordinate clip before encoding (1)")
@@ -166,6 +169,11 @@ def _deploy_parsers(sub: Any) -> None:
         help="seconds to wait for --min-clients to join (default 300)",
     )
     net.add_argument("--resume", action="store_true", help="continue the run in OUT/run.db")
+    net.add_argument(
+        "--trainer",
+        metavar="MODULE:FUNCTION",
+        help="your own model: a function returning a fedloom Trainer",
+    )
 
     client = sub.add_parser(
         "client",
@@ -175,6 +183,11 @@ def _deploy_parsers(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     client.add_argument("--server", required=True, help="host:port of the server")
+    client.add_argument(
+        "--trainer",
+        metavar="MODULE:FUNCTION",
+        help="your own model, the same entry point as the server's",
+    )
     client.add_argument("--client-id", required=True, help="this client's id (its certificate)")
     client.add_argument("--certs", help="folder with ca.pem and clients/ID.pem, clients/ID.key")
     client.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")
@@ -204,7 +217,7 @@ def _deploy_parsers(sub: Any) -> None:
 
 _NOT_SETTINGS = {
     "command", "config", "quiet", "address", "certs", "insecure", "round_timeout",
-    "wait_for_clients", "resume",
+    "wait_for_clients", "resume", "trainer",
 }  # fmt: skip
 
 
@@ -238,8 +251,15 @@ def _server(args: argparse.Namespace) -> int:
     from fedloom.transport._run import ServeSettings, serve
 
     config = _settings(args)
-    net = ServeSettings(args.address, args.certs, args.insecure, args.round_timeout,
-                        args.wait_for_clients, resume=args.resume)  # fmt: skip
+    net = ServeSettings(
+        args.address,
+        args.certs,
+        args.insecure,
+        args.round_timeout,
+        args.wait_for_clients,
+        resume=args.resume,
+        trainer=args.trainer,
+    )
     started = time.perf_counter()
     result = serve(config, net)
     print(summary(result.history, time.perf_counter() - started))
@@ -263,13 +283,21 @@ def _client(args: argparse.Namespace) -> int:
                     "--dataset needs --partition-index when --client-id is not a number"
                 )
             index = int(args.client_id)
-        ds = load_dataset(args.dataset, num_clients=args.clients, partition=args.partition,
-                          seed=args.seed)  # fmt: skip
+        ds = load_dataset(
+            args.dataset, num_clients=args.clients, partition=args.partition, seed=args.seed
+        )
         if not 0 <= index < ds.num_clients:
             raise ConfigError(f"partition {index} does not exist: the split has {ds.num_clients}")
         data = ds.client(index)
-    answered = serve_client(args.server, args.client_id, certs=args.certs,
-                            insecure=args.insecure, data=data, give_up=args.give_up)  # fmt: skip
+    answered = serve_client(
+        args.server,
+        args.client_id,
+        certs=args.certs,
+        insecure=args.insecure,
+        data=data,
+        give_up=args.give_up,
+        trainer=args.trainer,
+    )
     print(f"the run is over; this client answered {answered} instructions")
     return 0
 

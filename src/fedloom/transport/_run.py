@@ -9,6 +9,7 @@ round. A client builds the model the server describes and trains on its own data
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import logging
 import math
@@ -16,7 +17,7 @@ import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig
 from fedloom.data import ArrayData, ClientData, load_dataset, load_mnist_idx
 from fedloom.data._files import _leaf_users, find_mnist_files
 from fedloom.errors import ConfigError, DataError, RoundFailedError
-from fedloom.params import Vector
+from fedloom.params import ParamSpec, Vector
 from fedloom.server import LoopState, Participation, RunResult, RunStore, run_rounds
 from fedloom.simulation._run import sampler_for
 from fedloom.strategy import RoundOutcome, make_strategy
@@ -34,7 +35,14 @@ from fedloom.transport._client import ClientOptions, run_client
 from fedloom.transport._fleet import GrpcFleet
 from fedloom.transport._service import ServerOptions, start_server
 
-__all__ = ["ServeSettings", "model_description", "serve", "serve_client"]
+__all__ = [
+    "ServeSettings",
+    "load_client_data",
+    "load_trainer",
+    "model_description",
+    "serve",
+    "serve_client",
+]
 
 log = logging.getLogger("fedloom.transport")
 
@@ -50,6 +58,7 @@ class ServeSettings:
     wait_for_clients: float = 300.0
     heartbeat_timeout: float = 15.0
     resume: bool = False
+    trainer: str | None = None
 
 
 def model_description(
@@ -109,7 +118,10 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
             test_fraction=cfg.test_fraction,
         )
         model = model_description(cfg, ds.input_shape, ds.num_classes)
-        trainer = _trainer(model)
+        trainer = load_trainer(net.trainer) if net.trainer else _trainer(model)
+        model["spec"] = trainer.spec.to_json()
+        if net.trainer:
+            model["trainer"] = net.trainer
         if net.resume:
             state = store.latest()
             log.info("resuming run %s after round %d", store.run_id, state.round)
@@ -176,6 +188,22 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
             server.stop(grace=1.0)
     finally:
         store.close()
+
+
+def load_trainer(entry_point: str) -> Trainer:
+    """Your own trainer from ``package.module:function`` (called with no arguments)."""
+    module_name, _, attr = entry_point.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--trainer must look like package.module:function, got {entry_point!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--trainer {entry_point}: {exc}") from None
+    trainer = factory()
+    for needed in ("spec", "init_parameters", "fit", "evaluate"):
+        if not hasattr(trainer, needed):
+            raise ConfigError(f"--trainer {entry_point} returned an object without {needed}()")
+    return cast(Trainer, trainer)
 
 
 def _revocation(certs: str | None) -> Any:
@@ -279,19 +307,34 @@ def serve_client(
     insecure: bool,
     data: ClientData,
     give_up: float = 60.0,
+    trainer: str | None = None,
 ) -> int:
-    """Join the server at ``address`` as ``client_id`` and train until the run ends."""
+    """Join the server at ``address`` as ``client_id`` and train until the run ends.
+
+    The model is the built-in one the server describes, or your own ``trainer`` entry point
+    (the same one the server was started with); either way its parameter spec must match the
+    server's.
+    """
     tls = _tls(certs, insecure, client_id)
 
     def context(model: dict[str, Any]) -> ClientContext:
-        trainer = _trainer(model)
+        if "trainer" in model and trainer is None:
+            raise ConfigError(
+                f"the server trains its own model {model['trainer']}; start this client with "
+                f"--trainer {model['trainer']}"
+            )
+        local = load_trainer(trainer) if trainer else _trainer(model)
+        if "spec" in model and local.spec != ParamSpec.from_json(str(model["spec"])):
+            raise DataError("this client's model has other parameters than the server's")
+        if trainer:
+            return ClientContext(client_id, data, local)
         width = math.prod(int(x) for x in model["input_shape"])
         if data.train.x.shape[1] != width:
             raise DataError(
                 f"this client's examples have {data.train.x.shape[1]} features; the server's "
                 f"model takes {width}"
             )
-        return ClientContext(client_id, data, trainer)
+        return ClientContext(client_id, data, local)
 
     options = ClientOptions(address, tls, client_id=client_id, give_up=give_up)
     return run_client(options, context)
