@@ -81,6 +81,18 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
     opt("--byzantine", type=int, help="krum/multi-krum/bulyan: attackers tolerated, f (0)")
     opt("--krum-m", type=int, help="multi-krum: updates averaged, m (n - f)")
     _common_tail(sim)
+    sec = sim.add_argument_group("secure aggregation")
+    sec.add_argument(
+        "--secure-aggregation",
+        choices=("secagg", "secagg+"),
+        help="the server sees only the sum of the updates",
+    )
+    sec.add_argument("--secagg-threshold", type=float, help="t as a share of neighbours (2/3)")
+    sec.add_argument("--secagg-degree", type=int, help="secagg+: neighbours per client (log n)")
+    sec.add_argument("--secagg-clip", type=float, help="per-coordinate clip before encoding (1)")
+    sec.add_argument("--secagg-bits", type=int, help="fixed-point bits per value (20)")
+    sec.add_argument("--secagg-modulus-bits", type=int, help="sums modulo 2^k (32)")
+    sec.add_argument("--secagg-weight-bound", type=int, help="example count cap per client (1000)")
     if not simulation:
         return
     cond = sim.add_argument_group("simulated conditions and adversaries")
@@ -95,18 +107,6 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
         "--attack", metavar="KIND:FRACTION", help=f"malicious clients: {', '.join(ATTACKS)}"
     )
     cond.add_argument("--attack-scale", type=float, help="the attack's k (its default if unset)")
-    sec = sim.add_argument_group("secure aggregation")
-    sec.add_argument(
-        "--secure-aggregation",
-        choices=("secagg", "secagg+"),
-        help="the server sees only the sum of the updates",
-    )
-    sec.add_argument("--secagg-threshold", type=float, help="t as a share of neighbours (2/3)")
-    sec.add_argument("--secagg-degree", type=int, help="secagg+: neighbours per client (log n)")
-    sec.add_argument("--secagg-clip", type=float, help="per-coordinate clip before encoding (1)")
-    sec.add_argument("--secagg-bits", type=int, help="fixed-point bits per value (20)")
-    sec.add_argument("--secagg-modulus-bits", type=int, help="sums modulo 2^k (32)")
-    sec.add_argument("--secagg-weight-bound", type=int, help="example count cap per client (1000)")
     sim.add_argument("--stop-at-accuracy", type=float, help="end the run once accuracy reaches it")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
 

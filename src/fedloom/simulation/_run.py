@@ -117,7 +117,7 @@ def _fleet(
     return fleet, info
 
 
-def _with_secure_aggregation(strategy: Strategy, cfg: SimulationConfig, cohort: int) -> Strategy:
+def with_secure_aggregation(strategy: Strategy, cfg: SimulationConfig, cohort: int) -> Strategy:
     """``strategy`` with its round run under secure aggregation; refused where it cannot be."""
     if not isinstance(strategy.aggregator, WeightedMean):
         raise ConfigError(
@@ -248,7 +248,7 @@ def simulate(
         cfg.strategy, sampler_for(cfg, ds.num_clients), **cfg.strategy_options()
     )
     if cfg.secure_aggregation is not None:
-        st = _with_secure_aggregation(st, cfg, cohort_size(cfg, ds.num_clients))
+        st = with_secure_aggregation(st, cfg, cohort_size(cfg, ds.num_clients))
     fleet, run_info = _fleet(cfg, ds, tr, st, custom_trainer=trainer is not None)
     test = ds.test
 

@@ -28,7 +28,7 @@ from fedloom.data._files import _leaf_users, find_mnist_files
 from fedloom.errors import ConfigError, DataError, RoundFailedError
 from fedloom.params import ParamSpec, Vector
 from fedloom.server import LoopState, Participation, RunResult, RunStore, run_rounds
-from fedloom.simulation._run import sampler_for
+from fedloom.simulation._run import sampler_for, with_secure_aggregation
 from fedloom.strategy import RoundOutcome, make_strategy
 from fedloom.transport._certs import Credentials, revoked
 from fedloom.transport._client import ClientOptions, run_client
@@ -136,6 +136,9 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
             sampler_for(cfg, cfg.clients_per_round or cfg.min_clients),
             **cfg.strategy_options(),
         )
+        if cfg.secure_aggregation is not None:
+            cohort = cfg.clients_per_round or cfg.clients or cfg.min_clients
+            strategy = with_secure_aggregation(strategy, cfg, cohort)
         fleet = GrpcFleet(run_id, heartbeat_timeout=net.heartbeat_timeout)
         options = ServerOptions(
             net.address,
