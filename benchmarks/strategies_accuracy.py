@@ -145,11 +145,19 @@ about as good as 0.01."""
 
 
 def mcmahan(
-    rounds: int, seed: int, mnist: str, target: float, jobs: int
+    rounds: int,
+    seed: int,
+    mnist: str,
+    target: float,
+    jobs: int,
+    strategies: Sequence[str] = tuple(MCMAHAN_STRATEGIES),
+    partitions: Sequence[str] = ("iid", "shards:2"),
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
     """McMahan et al. (2017) on the MNIST test set split 8,000 / 2,000: rounds to ``target``.
 
-    Each run stops at the first round that reaches the target (or after ``rounds``).
+    Each run stops at the first round that reaches the target (or after ``rounds``);
+    ``overrides`` replace settings of every run (``lr``, say).
     """
     base = {
         "dataset": f"mnist:{mnist}", "test_fraction": 0.2, "clients": 100, "fraction": 0.1,
@@ -157,26 +165,28 @@ def mcmahan(
         "seed": seed, "stop_at_accuracy": target,
     }  # fmt: skip
     runs = [
-        ({**base, "partition": partition, "strategy": strategy, **extra}, f"{strategy} {partition}")
-        for partition in ("iid", "shards:2")
-        for strategy, extra in MCMAHAN_STRATEGIES.items()
-    ]
+        (
+            {**base, "partition": p, "strategy": s, **MCMAHAN_STRATEGIES.get(s, {}),
+             **(overrides or {})},
+            f"{s} {p}",
+        )
+        for p in partitions
+        for s in strategies
+    ]  # fmt: skip
     rows = _run_all(runs, jobs)
-    for row in rows:
-        row["rounds_to_target"] = _rounds_to(row["accuracy"], target)
     lines = [
-        f"| strategy | IID: rounds to {target:.0%} | IID: best | "
-        f"2 shards/client: rounds to {target:.0%} | 2 shards: best |",
-        "| --- | --- | --- | --- | --- |",
+        f"| strategy | partition | client lr | rounds to {target:.0%} | best | last |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    n = len(MCMAHAN_STRATEGIES)
-    for i, strategy in enumerate(MCMAHAN_STRATEGIES):
-        cells = []
-        for row in (rows[i], rows[n + i]):
-            reached = row["rounds_to_target"]
-            cells.append(str(reached) if reached else f"not in {rounds}")
-            cells.append(f"{max(row['accuracy']):.4f}")
-        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    for row in rows:
+        reached = _rounds_to(row["accuracy"], target)
+        row["rounds_to_target"] = reached
+        st = row["settings"]
+        lines.append(
+            f"| {st['strategy']} | {st['partition']} | {st['lr']} | "
+            f"{reached if reached else f'not in {rounds}'} | {max(row['accuracy']):.4f} | "
+            f"{row['accuracy'][-1]:.4f} |"
+        )
     return rows, "\n".join(lines)
 
 
@@ -212,6 +222,14 @@ def byzantine(rounds: int, seed: int, attack: str) -> tuple[list[dict[str, Any]]
     return rows, "\n".join(lines)
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=("fedprox", "mcmahan", "byzantine"))
@@ -223,11 +241,25 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--attack", default="sign-flip:0.2")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (processes)")
+    parser.add_argument("--strategies", nargs="+", help="mcmahan: only these strategies")
+    parser.add_argument("--partitions", nargs="+", help="mcmahan: only these partitions")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="mcmahan: override a setting of every run, e.g. lr=0.02",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.experiment == "fedprox":
         rows, table = fedprox(args.rounds or 200, args.seeds or [0, 1, 2])
     elif args.experiment == "mcmahan":
-        rows, table = mcmahan(args.rounds or 100, args.seed, args.mnist, args.target, args.jobs)
+        overrides = dict(_setting(kv) for kv in args.set)
+        rows, table = mcmahan(
+            args.rounds or 100, args.seed, args.mnist, args.target, args.jobs,
+            args.strategies or tuple(MCMAHAN_STRATEGIES), args.partitions or ("iid", "shards:2"),
+            overrides,
+        )  # fmt: skip
     else:
         rows, table = byzantine(args.rounds or 30, args.seed, args.attack)
     print(table)
