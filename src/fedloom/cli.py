@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _run_settings(sim, simulation=True)
+    _privacy_parser(sub)
     _deploy_parsers(sub)
     return parser
 
@@ -95,6 +96,21 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
     sec.add_argument("--secagg-weight-bound", type=int, help="example count cap per client (1000)")
     if not simulation:
         return
+    dp = sim.add_argument_group("differential privacy (user level)")
+    dp.add_argument("--dp", choices=("central",), help="DP-FedAvg: clip, then noise on the server")
+    dp.add_argument("--clip-norm", type=float, help="L2 bound on each update (1.0)")
+    dp.add_argument("--noise-multiplier", type=float, help="noise std / clip norm, z")
+    dp.add_argument(
+        "--adaptive-clipping",
+        action="store_true",
+        default=None,
+        help="track a quantile of update norms (Andrew et al. 2021)",
+    )
+    dp.add_argument("--target-quantile", type=float, help="with --adaptive-clipping (0.5)")
+    dp.add_argument("--clip-lr", type=float, help="with --adaptive-clipping (0.2)")
+    dp.add_argument("--delta", type=float, help="the delta epsilon is reported at (1/N^1.1)")
+    dp.add_argument("--target-epsilon", type=float, help="stop before epsilon passes this")
+    dp.add_argument("--accountant", choices=("rdp", "pld"), help="dp-accounting's (rdp)")
     cond = sim.add_argument_group("simulated conditions and adversaries")
     cond.add_argument(
         "--stragglers", type=float, help="fraction of each round's clients that run 1..E epochs"
@@ -125,6 +141,30 @@ _DEPLOY_EPILOG = """\
   fedloom server --certs certs --address 127.0.0.1:8080 --min-clients 3 --rounds 20 --out run
   fedloom client --certs certs --server 127.0.0.1:8080 --client-id alice --data alice.csv
 """
+
+
+def _privacy_parser(sub: Any) -> None:
+    priv = sub.add_parser(
+        "privacy",
+        help="epsilon for a noise level, or the noise for a target epsilon",
+        description="User-level DP-FedAvg accounting with Google's dp-accounting. Give "
+        "--noise-multiplier to get epsilon, or --target-epsilon to get the noise multiplier.",
+    )
+    add = priv.add_argument
+    add("--clients", type=int, required=True, help="N: clients that could be sampled")
+    add("--clients-per-round", type=int, required=True, help="clients per round")
+    add("--rounds", type=int, required=True, help="rounds of training")
+    add("--delta", type=float, help="delta (default 1/N^1.1)")
+    group = priv.add_mutually_exclusive_group(required=True)
+    group.add_argument("--noise-multiplier", type=float, help="z, the noise std / clip norm")
+    group.add_argument("--target-epsilon", type=float, help="the epsilon to reach")
+    add(
+        "--sampling",
+        default="fixed-size-without-replacement",
+        choices=("fixed-size-without-replacement", "poisson", "all"),
+        help="how rounds sample clients (fedloom's samplers: fixed size without replacement)",
+    )
+    add("--accountant", default="rdp", choices=("rdp", "pld"), help="rdp (default) or pld")
 
 
 def _deploy_parsers(sub: Any) -> None:
@@ -169,6 +209,12 @@ def _deploy_parsers(sub: Any) -> None:
         help="seconds to wait for --min-clients to join (default 300)",
     )
     net.add_argument("--resume", action="store_true", help="continue the run in OUT/run.db")
+    net.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=15.0,
+        help="seconds of silence before a client counts as gone (default 15)",
+    )
     net.add_argument(
         "--trainer",
         metavar="MODULE:FUNCTION",
@@ -217,7 +263,7 @@ def _deploy_parsers(sub: Any) -> None:
 
 _NOT_SETTINGS = {
     "command", "config", "quiet", "address", "certs", "insecure", "round_timeout",
-    "wait_for_clients", "resume", "trainer",
+    "wait_for_clients", "resume", "trainer", "heartbeat_timeout",
 }  # fmt: skip
 
 
@@ -228,6 +274,32 @@ def _settings(args: argparse.Namespace) -> SimulationConfig:
             continue
         settings[key] = value
     return SimulationConfig().replace(**settings)
+
+
+def _privacy(args: argparse.Namespace) -> int:
+    from fedloom.privacy import Mechanism, check_delta, epsilon, noise_for_epsilon
+
+    delta = args.delta if args.delta is not None else args.clients**-1.1
+    check_delta(delta, args.clients)
+    cohort, sampling = args.clients_per_round, args.sampling
+    if args.noise_multiplier is not None:
+        mech = Mechanism(args.noise_multiplier, sampling, args.clients, cohort)
+        eps = epsilon(mech, args.rounds, delta, args.accountant)
+        print(
+            f"epsilon = {eps:.4g} at delta = {delta:.3g} after {args.rounds} rounds "
+            f"(noise multiplier {args.noise_multiplier}, {cohort} of {args.clients} clients "
+            f"per round, {sampling}, {args.accountant})"
+        )
+    else:
+        z = noise_for_epsilon(
+            args.target_epsilon, delta, args.rounds, sampling, args.clients, cohort, args.accountant
+        )
+        print(
+            f"noise multiplier = {z:.4g} for epsilon {args.target_epsilon} at delta "
+            f"{delta:.3g} after {args.rounds} rounds ({cohort} of {args.clients} clients "
+            f"per round, {sampling}, {args.accountant})"
+        )
+    return 0
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -257,6 +329,7 @@ def _server(args: argparse.Namespace) -> int:
         args.insecure,
         args.round_timeout,
         args.wait_for_clients,
+        heartbeat_timeout=args.heartbeat_timeout,
         resume=args.resume,
         trainer=args.trainer,
     )
@@ -319,7 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="fedloom: %(message)s")
     try:
-        commands = {"simulate": _simulate, "certs": _certs, "server": _server, "client": _client}
+        commands = {
+            "simulate": _simulate, "privacy": _privacy, "certs": _certs, "server": _server,
+            "client": _client,
+        }  # fmt: skip
         return commands[args.command](args)
     except (ConfigError, DataError) as exc:
         print(f"fedloom: error: {exc}", file=sys.stderr)

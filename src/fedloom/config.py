@@ -93,6 +93,15 @@ class SimulationConfig:
 secagg_weight_bound
         The protocol's settings (:class:`fedloom.secagg.SecAggSettings`); ``None`` takes its
         defaults.
+    dp, clip_norm, noise_multiplier, adaptive_clipping, target_quantile, clip_lr
+        ``central``: DP-FedAvg, each update clipped to L2 norm ``clip_norm`` (1.0) and Gaussian
+        noise of ``noise_multiplier`` times it added to the sum on the server; with
+        ``adaptive_clipping`` the clip norm tracks the ``target_quantile`` (0.5) of update
+        norms at rate ``clip_lr`` (0.2).
+    delta, target_epsilon, accountant
+        The accountant (``rdp`` or ``pld``, from dp-accounting) reports epsilon at ``delta``
+        (default 1/N^1.1 for N clients) after every round; the run stops before a round that
+        would take it past ``target_epsilon``.
     out
         Folder for ``history.json``, ``model.npz`` and ``config.toml``; ``None`` writes nothing.
     """
@@ -135,6 +144,15 @@ secagg_weight_bound
     secagg_bits: int | None = None
     secagg_modulus_bits: int | None = None
     secagg_weight_bound: int | None = None
+    dp: str | None = None
+    clip_norm: float | None = None
+    noise_multiplier: float | None = None
+    adaptive_clipping: bool = False
+    target_quantile: float | None = None
+    clip_lr: float | None = None
+    delta: float | None = None
+    target_epsilon: float | None = None
+    accountant: str = "rdp"
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -157,6 +175,15 @@ secagg_weight_bound
         secagg_set = [k for k in SECAGG_SETTINGS if getattr(self, k) is not None]
         if secagg_set and self.secure_aggregation is None:
             raise ConfigError(f"{_flag(secagg_set[0])} needs --secure-aggregation secagg|secagg+")
+        if self.dp not in (None, "central"):
+            raise ConfigError(f"--dp must be central, got {self.dp!r}")
+        dp_set = [k for k in DP_SETTINGS if getattr(self, k) not in (None, False)]
+        if dp_set and self.dp is None:
+            raise ConfigError(f"{_flag(dp_set[0])} needs --dp central")
+        if self.dp is not None and self.noise_multiplier is None:
+            raise ConfigError("--dp central needs --noise-multiplier (0 for clipping alone)")
+        if self.accountant not in ("rdp", "pld"):
+            raise ConfigError(f"--accountant must be rdp or pld, got {self.accountant!r}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be 0 or more, got {self.seed}")
         if self.clients is not None and self.clients < 1:
@@ -237,6 +264,11 @@ SECAGG_SETTINGS = (
     "secagg_weight_bound",
 )  # fmt: skip
 """The settings of secure aggregation."""
+DP_SETTINGS = (
+    "clip_norm", "noise_multiplier", "adaptive_clipping", "target_quantile", "clip_lr", "delta",
+    "target_epsilon",
+)  # fmt: skip
+"""The settings of differential privacy (beside ``dp`` and ``accountant``)."""
 _HINTS = get_type_hints(SimulationConfig)
 
 
@@ -256,14 +288,19 @@ def _check_types(config: SimulationConfig) -> None:
             if "None" not in hint:
                 raise ConfigError(f"{_flag(name)} must be set")
             continue
-        if "int" in hint and "float" not in hint:
+        if _HINTS[name] is bool:
+            ok = isinstance(value, bool)
+        elif "int" in hint and "float" not in hint:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif "float" in hint:
             ok = isinstance(value, int | float) and not isinstance(value, bool)
         else:
             ok = isinstance(value, str)
         if not ok:
-            kind = "a whole number" if "int" in hint else "a number" if "float" in hint else "text"
+            kind = (
+                "true or false" if _HINTS[name] is bool else "a whole number" if "int" in hint
+                else "a number" if "float" in hint else "text"
+            )  # fmt: skip
             raise ConfigError(f"setting {name!r} must be {kind}, got {value!r}")
 
 

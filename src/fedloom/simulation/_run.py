@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,6 +16,8 @@ from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig
 from fedloom.data import FederatedDataset, load_dataset
 from fedloom.errors import ConfigError
 from fedloom.params import Vector
+from fedloom.privacy import Mechanism, PrivacyLedger, check_delta
+from fedloom.privacy._central import AdaptiveClipping, ClipState, DPMean
 from fedloom.secagg import FixedPoint, SecAggRound, SecAggSettings
 from fedloom.secagg._graph import secagg_plus_degree
 from fedloom.server import Fleet, RunResult, run_rounds
@@ -156,15 +159,79 @@ def with_secure_aggregation(strategy: Strategy, cfg: SimulationConfig, cohort: i
                                mechanism=mechanism)  # fmt: skip
 
 
-def _accuracy_reached(target: float | None) -> Callable[[History], bool] | None:
-    if target is None:
-        return None
+def _stopper(cfg: SimulationConfig, privacy: CentralPrivacy | None) -> Callable[[History], bool]:
+    """Stop at the target accuracy, or before a round that would pass the target epsilon."""
 
-    def reached(history: History) -> bool:
+    def stop(history: History) -> bool:
         accuracy = history.final_accuracy
-        return accuracy is not None and accuracy >= target
+        target = cfg.stop_at_accuracy
+        if target is not None and accuracy is not None and accuracy >= target:
+            return True
+        return privacy is not None and privacy.exhausted(len(history))
 
-    return reached
+    return stop
+
+
+@dataclass(frozen=True)
+class CentralPrivacy:
+    """A run's privacy accounting: epsilon per round, and the budget."""
+
+    ledger: PrivacyLedger
+    target_epsilon: float | None
+
+    def metrics(self, round: int, aggregator_state: Any) -> dict[str, float]:
+        out = {"epsilon": self.ledger.spent(round)}
+        if isinstance(aggregator_state, ClipState):
+            out["clip_norm"] = aggregator_state.clip_norm
+            out["unclipped_fraction"] = aggregator_state.clipped_fraction
+        return out
+
+    def exhausted(self, completed: int) -> bool:
+        """Would one more round take epsilon past the target?"""
+        target = self.target_epsilon
+        return target is not None and self.ledger.would_exceed(completed + 1, target)
+
+
+def with_central_dp(
+    strategy: Strategy, cfg: SimulationConfig, cohort: int, population: int
+) -> tuple[Strategy, CentralPrivacy]:
+    """``strategy`` with DP-FedAvg's clipped, noised mean; refused where it cannot be."""
+    if not isinstance(strategy.aggregator, WeightedMean):
+        raise ConfigError(
+            f"--dp central bounds each client's influence on a mean; {strategy.name}'s "
+            f"{type(strategy.aggregator).__name__} has no such bound; use a strategy that "
+            "averages (fedavg, fedavgm, fedprox, fedadam, fedyogi, fedadagrad)"
+        )
+    if not isinstance(strategy.mechanism, PlainRound):
+        raise ConfigError(f"--dp central cannot be combined with {strategy.name}'s own rounds")
+    if cfg.secure_aggregation is not None:
+        raise ConfigError(
+            "--dp central clips each update on the server, which secure aggregation hides; "
+            "distributed DP (clients add the noise) is not built yet"
+        )
+    adaptive = None
+    if cfg.adaptive_clipping:
+        defaults = AdaptiveClipping()
+        adaptive = AdaptiveClipping(
+            cfg.target_quantile if cfg.target_quantile is not None else defaults.target_quantile,
+            cfg.clip_lr if cfg.clip_lr is not None else defaults.learning_rate,
+        )
+    elif cfg.target_quantile is not None or cfg.clip_lr is not None:
+        raise ConfigError("--target-quantile and --clip-lr need --adaptive-clipping")
+    z = cfg.noise_multiplier or 0.0
+    aggregator = DPMean(cfg.clip_norm or 1.0, z, cohort, adaptive, seed=cfg.seed)
+    delta = cfg.delta if cfg.delta is not None else population**-1.1
+    check_delta(delta, population)
+    sampling = "all" if cohort >= population else "fixed-size-without-replacement"
+    ledger = PrivacyLedger(Mechanism(z, sampling, population, cohort), delta, cfg.accountant)
+    privacy = CentralPrivacy(ledger, cfg.target_epsilon)
+    if cfg.target_epsilon is not None and privacy.exhausted(0):
+        raise ConfigError(
+            f"one round already spends epsilon {ledger.spent(1):.3g} > --target-epsilon "
+            f"{cfg.target_epsilon}; raise --noise-multiplier or sample fewer clients per round"
+        )
+    name = f"dp-{strategy.name}"
+    return dataclasses.replace(strategy, name=name, aggregator=aggregator), privacy
 
 
 @contextlib.contextmanager
@@ -247,6 +314,9 @@ def simulate(
     st = strategy or make_strategy(
         cfg.strategy, sampler_for(cfg, ds.num_clients), **cfg.strategy_options()
     )
+    privacy: CentralPrivacy | None = None
+    if cfg.dp is not None:
+        st, privacy = with_central_dp(st, cfg, cohort_size(cfg, ds.num_clients), ds.num_clients)
     if cfg.secure_aggregation is not None:
         st = with_secure_aggregation(st, cfg, cohort_size(cfg, ds.num_clients))
     fleet, run_info = _fleet(cfg, ds, tr, st, custom_trainer=trainer is not None)
@@ -276,7 +346,8 @@ def simulate(
                 spec=tr.spec,
                 on_round=bar,
                 run_info=run_info,
-                stop=_accuracy_reached(cfg.stop_at_accuracy),
+                stop=_stopper(cfg, privacy),
+                round_metrics=privacy.metrics if privacy is not None else None,
             )
     finally:
         if bar is not None:

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from fedloom.client import ClientApp, ClientContext
-from fedloom.errors import ClientError
+from fedloom.errors import ClientError, FedloomError
 from fedloom.transport._proto import fedloom_pb2 as pb
 from fedloom.transport._service import CLIENT_ID_METADATA, SERVICE
 from fedloom.transport._wire import WireError, decode, encode_reply
@@ -91,6 +91,8 @@ def run_client(
     failing_since: float | None = None
     try:
         while True:
+            stop.set()  # the previous session's heartbeats, if any
+            stop = threading.Event()
             try:
                 joined = session.join(
                     pb.JoinRequest(phases=list(app.phases)), timeout=30, metadata=session.metadata
@@ -107,11 +109,18 @@ def run_client(
                 return answered
             except grpc.RpcError as exc:
                 code = exc.code()
+                details = exc.details() if hasattr(exc, "details") else ""
                 if code not in _RETRYABLE:
-                    raise
+                    raise FedloomError(
+                        f"the server refused this client: {code.name}: {details}"
+                    ) from None
                 failing_since = failing_since or time.monotonic()
                 if time.monotonic() - failing_since > options.give_up:
-                    raise
+                    raise FedloomError(
+                        f"gave up after {options.give_up:g} s: the server at {options.address} is "
+                        f"unreachable or refuses the connection ({code.name}: {details}); check "
+                        "the address and that this client's certificate comes from its CA"
+                    ) from None
                 log.warning("server unavailable (%s); retrying", code.name)
                 time.sleep(1.0)
     finally:

@@ -125,15 +125,23 @@ class GrpcFleet:
             try:
                 reply = message.reply(client_id)
             except WireError as exc:
+                self._settle(slot, header.message_id, None)
                 return False, str(exc)
             problem = _vector_problem(reply, ins)
             if problem is not None:
+                # answered, but unusable: the round records why, and the client is told
+                self._settle(slot, header.message_id, reply)
                 return False, problem
-            slot.pending = None
-            slot.answered.add(header.message_id)
-            self._replies.append(reply)
-            self._cond.notify_all()
+            self._settle(slot, header.message_id, reply)
             return True, ""
+
+    def _settle(self, slot: _Slot, message_id: str, reply: Reply | None) -> None:
+        """The outstanding instruction is answered (well or not): never ask again."""
+        slot.pending = None
+        slot.answered.add(message_id)
+        if reply is not None:
+            self._replies.append(reply)
+        self._cond.notify_all()
 
     # ---------------------------------------------------------------- the Fleet protocol
 

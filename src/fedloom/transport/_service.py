@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from fedloom.transport._fleet import GrpcFleet
 from fedloom.transport._proto import fedloom_pb2 as pb
@@ -93,10 +94,10 @@ class _Handlers:
             self.fleet.run_id, outstanding.message_id, outstanding.instruction
         )
 
-    def push(self, chunks: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.PushReply:
+    def push(self, raw: Iterator[bytes], context: grpc.ServicerContext) -> pb.PushReply:
         client_id = self.identity(context)
         try:
-            message = decode(chunks, self.options.max_message_bytes)
+            message = decode(_parsed(raw), self.options.max_message_bytes)
         except WireError as exc:
             log.warning("refused a reply from %s: %s", client_id, exc)
             return pb.PushReply(accepted=False, reason=str(exc))
@@ -117,6 +118,15 @@ class _Handlers:
         return pb.HeartbeatReply(known=known, finished=self.fleet.finished)
 
 
+def _parsed(raw: Iterator[bytes]) -> Iterator[pb.Chunk]:
+    """Chunks from raw request bytes: garbage is a refusal with a reason, not a gRPC error."""
+    for data in raw:
+        try:
+            yield pb.Chunk.FromString(data)
+        except DecodeError as exc:
+            raise WireError(f"bytes that are not a chunk: {exc}") from None
+
+
 def start_server(fleet: GrpcFleet, options: ServerOptions) -> tuple[grpc.Server, int]:
     """Start serving ``fleet``; returns the server and the port it bound."""
     h = _Handlers(fleet, options)
@@ -128,9 +138,7 @@ def start_server(fleet: GrpcFleet, options: ServerOptions) -> tuple[grpc.Server,
         "Pull": grpc.unary_stream_rpc_method_handler(
             h.pull, request_deserializer=pb.PullRequest.FromString, response_serializer=ser
         ),
-        "Push": grpc.stream_unary_rpc_method_handler(
-            h.push, request_deserializer=pb.Chunk.FromString, response_serializer=ser
-        ),
+        "Push": grpc.stream_unary_rpc_method_handler(h.push, response_serializer=ser),
         "Heartbeat": grpc.unary_unary_rpc_method_handler(
             h.heartbeat,
             request_deserializer=pb.HeartbeatRequest.FromString,

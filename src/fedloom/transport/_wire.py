@@ -40,36 +40,42 @@ class WireError(FedloomError):
 
 @dataclass(frozen=True)
 class Message:
-    """A decoded chunk stream: its header and its blobs by name."""
+    """A decoded chunk stream: its header and where each blob lies in its data."""
 
     header: pb.Header
-    blobs: Mapping[str, bytes]
+    data: memoryview
+    spans: Mapping[str, tuple[int, int]]
+
+    def blob(self, name: str) -> bytes | None:
+        """A blob's bytes (a copy), or None when the message has no such blob."""
+        span = self.spans.get(name)
+        return None if span is None else bytes(self.data[span[0] : span[1]])
+
+    @property
+    def payload(self) -> dict[str, bytes]:
+        return {k: bytes(self.data[a:b]) for k, (a, b) in self.spans.items() if k != VECTOR}
 
     def instruction(self) -> Instruction:
         h = self.header
-        return Instruction(
-            h.round,
-            h.phase,
-            self._vector(),
-            _config(h.config),
-            {k: v for k, v in self.blobs.items() if k != VECTOR},
-        )
+        return Instruction(h.round, h.phase, self._vector(), _config(h.config), self.payload)
 
     def reply(self, client_id: str) -> Reply:
         h = self.header
         metrics = {k: float(v) for k, v in h.metrics.items()}
-        payload = {k: v for k, v in self.blobs.items() if k != VECTOR}
         return Reply(
-            client_id, h.round, h.phase, self._vector(), int(h.num_examples), metrics, payload
-        )
+            client_id, h.round, h.phase, self._vector(), int(h.num_examples), metrics,
+            self.payload,
+        )  # fmt: skip
 
     def _vector(self) -> Vector | None:
-        raw = self.blobs.get(VECTOR)
-        if raw is None:
+        span = self.spans.get(VECTOR)
+        if span is None:
             return None
-        if len(raw) % 4:
-            raise WireError(f"the vector has {len(raw)} bytes, not a whole number of float32")
-        return np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)
+        start, end = span
+        if (end - start) % 4:
+            raise WireError(f"the vector has {end - start} bytes, not a whole number of float32")
+        # a view of the received bytes, not a copy
+        return np.frombuffer(self.data[start:end], dtype="<f4").astype(np.float32, copy=False)
 
 
 def _config(entries: Mapping[str, pb.Scalar]) -> dict[str, Scalar]:
@@ -153,22 +159,18 @@ def decode(chunks: Iterable[pb.Chunk], max_bytes: int) -> Message:
         raise WireError(f"the message declares {total} bytes, more than the limit {max_bytes}")
     if len({name for name, _ in sizes}) != len(sizes):
         raise WireError("a blob name repeats")
-    buffer = bytearray(total)
-    filled = 0
+    buffer = bytearray()  # grows as bytes arrive: nothing is reserved for a declared size
     for chunk in stream:
         if chunk.WhichOneof("part") != "data":
             raise WireError("a second header inside one message")
-        end = filled + len(chunk.data)
-        if end > total:
+        if len(buffer) + len(chunk.data) > total:
             raise WireError(f"more data than the {total} bytes the header declares")
-        buffer[filled:end] = chunk.data
-        filled = end
-    if filled != total:
-        raise WireError(f"truncated: {filled} of {total} declared bytes arrived")
-    blobs: dict[str, bytes] = {}
+        buffer += chunk.data
+    if len(buffer) != total:
+        raise WireError(f"truncated: {len(buffer)} of {total} declared bytes arrived")
+    spans: dict[str, tuple[int, int]] = {}
     offset = 0
-    view = memoryview(buffer)
     for name, size in sizes:
-        blobs[name] = bytes(view[offset : offset + size])
+        spans[name] = (offset, offset + size)
         offset += size
-    return Message(header, blobs)
+    return Message(header, memoryview(buffer), spans)

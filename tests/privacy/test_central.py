@@ -1,0 +1,84 @@
+"""DP-FedAvg's aggregation: clipping, the noise it adds, adaptive clipping."""
+
+import numpy as np
+import pytest
+
+from fedloom.errors import ConfigError
+from fedloom.messages import ClientUpdate
+from fedloom.privacy._central import AdaptiveClipping, DPMean
+
+
+def _updates(vectors: list[list[float]]) -> list[ClientUpdate]:
+    return [ClientUpdate(str(i), np.array(v, np.float32), 10.0) for i, v in enumerate(vectors)]
+
+
+def test_updates_are_clipped_and_divided_by_the_expected_count() -> None:
+    # Prepare: C = 1, m = 4, no noise. [3, 4] has norm 5 and is scaled to [0.6, 0.8];
+    # [0.3, 0] fits. Sum [0.9, 0.8] / 4 = [0.225, 0.2].
+    agg = DPMean(clip_norm=1.0, noise_multiplier=0.0, expected_clients=4)
+
+    # Execute
+    result, state = agg.aggregate(_updates([[3, 4], [0.3, 0]]), 2, agg.init(2))
+
+    # Assert
+    np.testing.assert_allclose(result.vector, [0.225, 0.2], rtol=1e-6)
+    assert (result.count, result.total_weight) == (2, 20.0)
+    assert state.clipped_fraction == 0.5 and state.rounds == 1
+
+
+def test_one_client_moves_the_sum_by_at_most_the_clip_norm() -> None:
+    agg = DPMean(clip_norm=0.5, noise_multiplier=0.0, expected_clients=1)
+    for vec in ([1e6, -1e6, 3.0], [0.1, 0.2, 0.3], [0.0, 0.0, 0.0]):
+        result, _ = agg.aggregate(_updates([vec]), 3, agg.init(3))
+        assert np.linalg.norm(result.vector) <= 0.5 * (1 + 1e-6)
+
+
+def test_the_noise_has_standard_deviation_z_times_c_over_m() -> None:
+    # 200,000 coordinates of zero updates: the sample std of N(0, (zC/m)^2) is within 1 %
+    # of zC/m with overwhelming probability (its relative std is 1/sqrt(2 * 200000) = 0.16 %).
+    agg = DPMean(clip_norm=0.5, noise_multiplier=1.3, expected_clients=10, seed=7)
+    dim = 200_000
+    result, _ = agg.aggregate(_updates([[0.0] * dim] * 3), dim, agg.init(dim))
+    assert result.vector.std() == pytest.approx(1.3 * 0.5 / 10, rel=0.01)
+    assert abs(result.vector.mean()) < 5 * 0.065 / np.sqrt(dim)
+    again, _ = agg.aggregate(_updates([[0.0] * dim] * 3), dim, agg.init(dim))
+    np.testing.assert_array_equal(result.vector, again.vector)  # seeded per (seed, round)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_adaptive_clipping_converges_to_the_target_quantile(noise: float) -> None:
+    # Update norms uniform on [0, 10] (directions random): the median norm is 5. Starting at
+    # C = 0.1, the clip norm should settle near 5 (Andrew et al.'s geometric update).
+    rng = np.random.default_rng(0)
+    agg = DPMean(0.1, noise, expected_clients=100, adaptive=AdaptiveClipping(0.5, 0.2), seed=1)
+    state = agg.init(8)
+    trail = []
+    for _ in range(150):
+        dirs = rng.normal(size=(100, 8))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        vecs = dirs * rng.uniform(0, 10, size=(100, 1))
+        _, state = agg.aggregate(_updates(vecs.tolist()), 8, state)
+        trail.append(state.clip_norm)
+    assert np.mean(trail[-50:]) == pytest.approx(5.0, rel=0.15)
+
+
+def test_adaptive_clipping_leaves_less_noise_for_the_update() -> None:
+    # z = 1, sigma_b = 0.05 * 100 = 5: z_update = (1 - 1/100) ** -0.5
+    agg = DPMean(1.0, 1.0, 100, adaptive=AdaptiveClipping())
+    assert agg.update_noise_multiplier == pytest.approx((1 - 1 / 100) ** -0.5)
+    assert DPMean(1.0, 1.0, 100).update_noise_multiplier == 1.0
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: DPMean(0.0, 1.0, 10), "--clip-norm must be positive"),
+        (lambda: DPMean(1.0, -1.0, 10), "--noise-multiplier"),
+        (lambda: DPMean(1.0, 1.0, 0), "at least 1 client"),
+        (lambda: DPMean(1.0, 2.0, 10, adaptive=AdaptiveClipping()), "below 2"),
+        (lambda: AdaptiveClipping(target_quantile=1.0), "--target-quantile"),
+    ],
+)
+def test_bad_settings_are_refused(make, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make()
