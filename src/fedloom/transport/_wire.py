@@ -163,9 +163,10 @@ def decode(chunks: Iterable[pb.Chunk], max_bytes: int) -> Message:
     for chunk in stream:
         if chunk.WhichOneof("part") != "data":
             raise WireError("a second header inside one message")
-        if len(buffer) + len(chunk.data) > total:
+        data = chunk.data  # each read of the field builds a new bytes object
+        if len(buffer) + len(data) > total:
             raise WireError(f"more data than the {total} bytes the header declares")
-        buffer += chunk.data
+        buffer += data
     if len(buffer) != total:
         raise WireError(f"truncated: {len(buffer)} of {total} declared bytes arrived")
     spans: dict[str, tuple[int, int]] = {}
