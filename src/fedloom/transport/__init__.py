@@ -1,1 +1,23 @@
-"""Deployment over gRPC: the server's fleet, the client runtime, TLS credentials."""
+"""Deployment over gRPC: the server's fleet, the client runtime, TLS credentials.
+
+``fedloom server`` and ``fedloom client`` use these; in Python, serve any strategy with a
+:class:`GrpcFleet` behind :func:`start_server` and ``fedloom.run_rounds``, and run any
+``ClientApp`` and trainer with :func:`run_client`.
+"""
+
+from fedloom.transport._certs import Credentials, create_federation, credentials, revoke
+from fedloom.transport._client import ClientOptions, run_client
+from fedloom.transport._fleet import GrpcFleet
+from fedloom.transport._service import ServerOptions, start_server
+
+__all__ = [
+    "ClientOptions",
+    "Credentials",
+    "GrpcFleet",
+    "ServerOptions",
+    "create_federation",
+    "credentials",
+    "revoke",
+    "run_client",
+    "start_server",
+]

@@ -35,6 +35,7 @@ __all__ = [
     "Credentials",
     "client_id_of",
     "create_federation",
+    "credentials",
     "issue_client",
     "revoke",
     "revoked",
@@ -124,7 +125,7 @@ def create_federation(
     ca = _issue("fedloom federation CA", None, days) if fresh else _load_ca(out)
     if fresh:
         _save(ca, Credentials(ca_pem, ca_key, ca_pem))
-    made = {"server": Credentials(out / "server.pem", out / "server.key", ca_pem)}
+    made = {"server": credentials(out, "server")}
     if fresh or not made["server"].cert.exists():
         server = _issue(SERVER_NAME, ca, days, sans, ExtendedKeyUsageOID.SERVER_AUTH)
         _save(server, made["server"])
@@ -204,6 +205,14 @@ def _san(host: str) -> x509.GeneralName:
     if not _HOST.fullmatch(host):
         raise ConfigError(f"invalid server host {host!r}: give an IP address or a DNS name")
     return x509.DNSName(host)
+
+
+def credentials(out: Path, who: str) -> Credentials:
+    """Where :func:`create_federation` put the files of ``who`` (``"server"`` or a client id)."""
+    out = Path(out)
+    if who == "server":
+        return Credentials(out / "server.pem", out / "server.key", out / "ca.pem")
+    return _client(out, who)
 
 
 def _client(out: Path, client_id: str) -> Credentials:

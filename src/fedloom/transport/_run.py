@@ -30,7 +30,7 @@ from fedloom.params import ParamSpec, Vector
 from fedloom.server import LoopState, Participation, RunResult, RunStore, run_rounds
 from fedloom.simulation._run import sampler_for, with_secure_aggregation
 from fedloom.strategy import RoundOutcome, make_strategy
-from fedloom.transport._certs import Credentials, revoked
+from fedloom.transport._certs import credentials, revoked
 from fedloom.transport._client import ClientOptions, run_client
 from fedloom.transport._fleet import GrpcFleet
 from fedloom.transport._service import ServerOptions, start_server
@@ -88,13 +88,7 @@ def _tls(certs: str | None, insecure: bool, who: str) -> tuple[bytes, bytes, byt
         raise ConfigError(
             "give --certs DIR (create it with `fedloom certs`), or --insecure for a local test"
         )
-    base = Path(certs)
-    if who == "server":
-        creds = Credentials(base / "server.pem", base / "server.key", base / "ca.pem")
-    else:
-        creds = Credentials(
-            base / "clients" / f"{who}.pem", base / "clients" / f"{who}.key", base / "ca.pem"
-        )
+    creds = credentials(Path(certs), who)
     return creds.load()
 
 
