@@ -16,6 +16,7 @@ from fedloom.secagg._crypto import (
     encrypt,
     generate_keypair,
     prg,
+    prg_into,
 )
 
 # RFC 7748, section 6.1.
@@ -193,3 +194,17 @@ def test_prg_is_uniform(bits: int) -> None:
 def test_prg_validates_its_arguments(seed: bytes, count: int, bits: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         prg(seed, count, bits)
+
+
+@pytest.mark.parametrize(("k", "dtype"), [(20, np.uint32), (32, np.uint32), (48, np.uint64)])
+def test_prg_into_adds_and_subtracts_the_same_stream_mod_2_to_the_k(k: int, dtype: type) -> None:
+    # Adding the raw words and masking to k bits at the end equals adding prg's k-bit values.
+    seed, count = bytes(range(32)), 70_000  # more than one 256 KiB keystream chunk for uint64
+    start = np.arange(count, dtype=dtype)
+    added = start.copy()
+    prg_into(seed, added, subtract=False)
+    mask = np.uint64((1 << k) - 1)
+    expected = (start.astype(np.uint64) + prg(seed, count, k)) & mask
+    np.testing.assert_array_equal(added.astype(np.uint64) & mask, expected)
+    prg_into(seed, added, subtract=True)
+    np.testing.assert_array_equal(added, start)

@@ -27,9 +27,8 @@ from fedloom.secagg._crypto import (
     decrypt,
     encrypt,
     generate_keypair,
-    prg,
+    prg_into,
 )
-from fedloom.secagg._encoding import mod_add, mod_sub, pack
 from fedloom.secagg._protocol import (
     KEYS,
     MASK_INFO,
@@ -175,12 +174,16 @@ def secagg_handlers(train: Handler) -> dict[str, Handler]:
             raise fail(ctx, ins, "shares from clients that are not neighbours in U2")
         state.held, state.u2 = held, u2
         k = state.settings.encoding.modulus_bits
-        count = state.encoded.shape[0]
-        y = mod_add(state.encoded, prg(state.self_seed, count, k), k)
+        word = np.dtype("<u4") if k <= 32 else np.dtype("<u8")
+        # summed in place in 32- (or 64-) bit words, which wrap mod 2^32; 2^k divides that
+        y: npt.NDArray[np.unsignedinteger] = state.encoded.astype(word)
+        prg_into(state.self_seed, y, subtract=False)
         for v in active:
-            mask = prg(pairwise_mask_seed(state.s.private, state.peers[v][1], ins.round), count, k)
-            y = mod_add(y, mask, k) if mask_sign(ctx.client_id, v) > 0 else mod_sub(y, mask, k)
-        return Reply(ctx.client_id, ins.round, ins.phase, payload={"masked": pack(y, k)})
+            seed = pairwise_mask_seed(state.s.private, state.peers[v][1], ins.round)
+            prg_into(seed, y, subtract=mask_sign(ctx.client_id, v) < 0)
+        if k < 8 * word.itemsize:
+            np.bitwise_and(y, word.type((1 << k) - 1), out=y)
+        return Reply(ctx.client_id, ins.round, ins.phase, payload={"masked": y.tobytes()})
 
     def unmask(ctx: ClientContext, ins: Instruction) -> Reply:
         state = current(ctx, ins)

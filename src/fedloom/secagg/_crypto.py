@@ -24,7 +24,16 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedloom.errors import TamperedError
 
-__all__ = ["KeyPair", "TamperedError", "agree", "decrypt", "encrypt", "generate_keypair", "prg"]
+__all__ = [
+    "KeyPair",
+    "TamperedError",
+    "agree",
+    "decrypt",
+    "encrypt",
+    "generate_keypair",
+    "prg",
+    "prg_into",
+]
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -172,3 +181,20 @@ def prg(seed: bytes, count: int, modulus_bits: int) -> npt.NDArray[np.uint64]:
         out[start:stop] = np.frombuffer(scratch, dtype=word, count=stop - start)
     out &= np.uint64((1 << modulus_bits) - 1)
     return out
+
+
+def prg_into(seed: bytes, out: npt.NDArray[np.unsignedinteger], subtract: bool) -> None:
+    """Add (or subtract) the words of :func:`prg` (before masking) into ``out`` in place,
+    wrapping in out's dtype (uint32 for k <= 32); the caller masks the low k bits at the end."""
+    word = out.dtype
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    count = out.shape[0]
+    per_chunk = _CHUNK_BYTES // word.itemsize
+    zeros = memoryview(bytes(min(count, per_chunk) * word.itemsize))
+    scratch = bytearray(len(zeros) + 15)
+    op = np.subtract if subtract else np.add
+    for start in range(0, count, per_chunk):
+        stop = min(start + per_chunk, count)
+        encryptor.update_into(zeros[: (stop - start) * word.itemsize], scratch)
+        ks = np.frombuffer(scratch, dtype=word, count=stop - start)
+        op(out[start:stop], ks, out=out[start:stop])

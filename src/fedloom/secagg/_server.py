@@ -23,8 +23,7 @@ from fedloom.errors import ConfigError, RoundFailedError
 from fedloom.messages import Instruction, Reply
 from fedloom.params import Vector
 from fedloom.secagg._client import pairwise_mask_seed
-from fedloom.secagg._crypto import prg
-from fedloom.secagg._encoding import mod_add, mod_sub, unpack
+from fedloom.secagg._crypto import prg_into
 from fedloom.secagg._graph import neighbours
 from fedloom.secagg._protocol import (
     KEYS,
@@ -191,15 +190,15 @@ class SecAggRound:
             )
             for u in u2
         }
-        total = np.zeros(count, dtype=np.uint64)
+        word = np.dtype("<u4") if k <= 32 else np.dtype("<u8")
+        total = np.zeros(count, dtype=word)
         u3: list[str] = []
         for reply in view.replies((yield masked_ins), MASKED, u2):
-            try:
-                y = unpack(reply.payload.get("masked", b""), count, k)
-            except ValueError as exc:
-                view.reject(reply.client_id, f"malformed masked input: {exc}")
+            raw = reply.payload.get("masked", b"")
+            if len(raw) != count * word.itemsize:
+                view.reject(reply.client_id, "malformed masked input: wrong length")
                 continue
-            total = mod_add(total, y, k)
+            np.add(total, np.frombuffer(raw, dtype=word), out=total)
             u3.append(reply.client_id)
         self._enough(ctx.round, MASKED, len(u3), least)
 
@@ -222,15 +221,16 @@ class SecAggRound:
 
         for v in u3:
             seed = self._rebuild(ctx.round, b_shares[v], needed[v], 32, f"self mask of {v}")
-            total = mod_sub(total, prg(seed, count, k), k)
+            prg_into(seed, total, subtract=True)
         for v in dropped:
             secret = self._rebuild(ctx.round, s_shares[v], needed[v], 32, f"mask key of {v}")
             if _public_of(secret) != keys[v][1]:
                 raise RoundFailedError(ctx.round, UNMASK, 0, needed[v], f"bad shares for {v}")
             for u in sorted(graph[v] & survivors):
-                mask = prg(pairwise_mask_seed(secret, keys[u][1], ctx.round), count, k)
-                total = mod_sub(total, mask, k) if mask_sign(u, v) > 0 else mod_add(total, mask, k)
+                seed = pairwise_mask_seed(secret, keys[u][1], ctx.round)
+                prg_into(seed, total, subtract=mask_sign(u, v) > 0)
 
+        total = total.astype(np.uint64) & np.uint64((1 << k) - 1)
         weight = float(int(total[-1]))
         summed = settings.encoding.decode_sum(total[:-1], len(u3))
         mean = summed * (settings.weight_bound / weight) if weight > 0 else summed * 0.0
