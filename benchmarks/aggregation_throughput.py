@@ -40,7 +40,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _meta import cpu_model, git_state, log
 from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
 
 from fedloom.messages import ClientUpdate
@@ -204,26 +204,6 @@ def markdown(summary: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return done.stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "src_modified": bool(git("status", "--porcelain", "src")),
-    }
-
-
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-
-
 def _blas_libraries() -> list[dict[str, Any]]:
     return [
         {k: i.get(k) for k in ("internal_api", "num_threads", "version")} for i in threadpool_info()
@@ -251,11 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date_utc": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform()},
         "python": platform.python_version(),
         "numpy": np.__version__,
         "blas_libraries": _blas_libraries(),  # the Gram matrix holds BLAS to 1 thread
-        "git": _git_state(),
+        "git": git_state(REPO),
         "clients": args.clients,
         "dim": args.dim,
         "byzantine": args.byzantine,

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _meta import cpu_model, git_state, log
 
 import fedloom
 from fedloom.client import EvalResult, FitResult
@@ -87,13 +88,6 @@ FLOWER_SHARES, FLOWER_THRESHOLD = 3, 2  # what run.sh passes to SecAggPlusWorkfl
 MATCHED_DEGREE = FLOWER_SHARES - 1  # neighbours per client, the client itself not counted
 
 Run = dict[str, Any]
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------- the workload
 
 
 class DeltaTrainer:
@@ -719,24 +713,6 @@ def markdown(
 # ----------------------------------------------------------------------------- main
 
 
-def _git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return done.stdout.strip()
-
-    changed = git("status", "--porcelain", "src").splitlines()
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "src_changes": changed,
-        "secagg_modified": any("src/fedloom/secagg" in line for line in changed),
-    }
-
-
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-
-
 def _load() -> dict[str, Any]:
     """The load average, and the other Python jobs of this repository running now (another
     benchmark or a test run would share the 2 cores)."""
@@ -783,11 +759,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date_utc": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform()},
         "python": platform.python_version(),
         "numpy": np.__version__,
         "fedloom": fedloom.__version__,
-        "git": _git_state(),
+        "git": git_state(REPO),
         "clients": args.clients,
         "dims": args.dims,
         "repeats": args.repeats,

@@ -62,6 +62,7 @@ from typing import Any
 from _checks import check_split, check_training
 from _clock import btime_error_s
 from _measure import run_process
+from _meta import cpu_model, git_state, log
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -279,26 +280,6 @@ def _describe(run: Run) -> str:
     )
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return done.stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "src_modified": bool(git("status", "--porcelain", "src")),
-    }
-
-
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
@@ -325,9 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date_utc": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform()},
         "python": platform.python_version(),
-        "git": _git_state(),
+        "git": git_state(REPO),
         "clients": args.clients,
         "rounds": args.rounds,
         "repeats": args.repeats,

@@ -91,6 +91,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from _meta import cpu_model, git_state, log
 from google import protobuf
 
 from fedloom.client import ClientContext, EvalResult, FitResult
@@ -704,22 +705,6 @@ def markdown(
 # ----------------------------------------------------------------------------- main
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _git_state() -> dict[str, Any]:
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "src_modified": bool(git("status", "-s", "src"))}
-
-
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-
-
 def _other_work() -> list[str]:
     """Other benchmarks and test runs on the machine (they share its 2 cores)."""
     done = subprocess.run(["pgrep", "-af", "benchmarks/|pytest"], capture_output=True, text=True)
@@ -763,12 +748,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform()},
         "python": platform.python_version(),
         "numpy": np.__version__,
         "grpcio": grpc.__version__,
         "protobuf": protobuf.__version__,
-        "git": _git_state(),
+        "git": git_state(REPO),
         "params": args.params,
         "clients": args.clients,
         "rounds": args.rounds,
