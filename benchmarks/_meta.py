@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +32,22 @@ def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo."""
     with open("/proc/cpuinfo") as f:
         return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """The median and range of repeated measurements."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def flower_versions(harness: Path) -> dict[str, str]:
+    """Runs the harness's ``setup.sh`` (builds the environment the first time) and reads the
+    versions of flwr, ray and torch installed there."""
+    venv = subprocess.run(
+        [str(harness.parent / "setup.sh")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    versions = {}
+    for dist in Path(venv).glob("lib/python*/site-packages/*.dist-info"):
+        name, _, version = dist.name.removesuffix(".dist-info").partition("-")
+        if name in ("flwr", "ray", "torch"):
+            versions[name] = version
+    return versions

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _meta import cpu_model, git_state, log
+from _meta import cpu_model, git_state, log, spread
 from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
 
 from fedloom.messages import ClientUpdate
@@ -160,23 +160,19 @@ def measure(clients: int, dim: int, byzantine: int, repeats: int) -> dict[str, A
     return runs
 
 
-def _spread(values: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def summarise(runs: dict[str, list[dict[str, float]]], input_bytes: int) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for name, rs in runs.items():
         seconds = [r["seconds"] for r in rs]
         summary[name] = {
-            "ratio_to_baseline": _spread([r["seconds"] / r["baseline_s"] for r in rs]),
-            "seconds": _spread(seconds),
+            "ratio_to_baseline": spread([r["seconds"] / r["baseline_s"] for r in rs]),
+            "seconds": spread(seconds),
             "gb_per_s": input_bytes / statistics.median(seconds) / 1e9,
         }
     base = [r["baseline_s"] for rs in runs.values() for r in rs]
     summary["baseline np.sum(X, axis=0)"] = {
-        "ratio_to_baseline": _spread([1.0]),
-        "seconds": _spread(base),
+        "ratio_to_baseline": spread([1.0]),
+        "seconds": spread(base),
         "gb_per_s": input_bytes / statistics.median(base) / 1e9,
     }
     return summary

@@ -58,14 +58,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _meta import cpu_model, git_state, log
+from _meta import cpu_model, flower_versions, git_state, log, spread
 
 import fedloom
 from fedloom.client import EvalResult, FitResult
 from fedloom.data import ArrayData
 from fedloom.messages import ClientUpdate, Config, Instruction, Reply
 from fedloom.params import ParamSpec, Vector
-from fedloom.secagg import SecAggRound, SecAggSettings
+from fedloom.secagg import PHASES, SecAggRound, SecAggSettings
 from fedloom.secagg._graph import secagg_plus_degree
 from fedloom.secagg._protocol import MASKED
 from fedloom.server._loop import drive
@@ -361,23 +361,7 @@ def run_flower(harness: Path, n: int, secure: bool, rounds: int, clock_error: fl
     }
 
 
-def flower_versions(harness: Path) -> dict[str, str]:
-    venv = subprocess.run(
-        [str(harness.parent / "setup.sh")], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    versions = {}
-    for dist in Path(venv).glob("lib/python*/site-packages/*.dist-info"):
-        name, _, version = dist.name.removesuffix(".dist-info").partition("-")
-        if name in ("flwr", "ray", "torch"):
-            versions[name] = version
-    return versions
-
-
 # ----------------------------------------------------------------------------- summary
-
-
-def _spread(values: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def _fmt(value: float) -> str:
@@ -394,6 +378,20 @@ def _fmt(value: float) -> str:
     if abs(value) >= 0.01:
         return f"{value:.3f}"
     return np.format_float_positional(value, precision=2, unique=False, fractional=False)
+
+
+def _phase_rows(rows: Sequence[Mapping[str, Any]], key: str) -> list[str]:
+    """One Markdown row per secure round: its seconds in each of the four phases."""
+    out = []
+    for r in rows:
+        if r["mode"] == "plain":
+            continue
+        cells = [_cell(r[key].get(p)) for p in PHASES]
+        drop = f" ({r['dropped']} dropped)" if r["dropped"] else ""
+        out.append(
+            f"| {r['dim']:,} | {r['clients']} | {_mode_name(r)}{drop} | " + " | ".join(cells) + " |"
+        )
+    return out
 
 
 def _cell(spread: Mapping[str, float] | None, suffix: str = "") -> str:
@@ -441,29 +439,29 @@ def summarise_grid(rounds: list[Run], aggregation: list[Run]) -> list[dict[str, 
             "repeats": len(runs),
         }
         for key in GRID_METRICS:
-            row[key] = _spread([r[key] for r in runs])
+            row[key] = spread([r[key] for r in runs])
         phases = sorted({p for r in runs for p in r["server_phase_s"]})
         row["server_phase_s"] = {
-            p: _spread([r["server_phase_s"].get(p, 0.0) for r in runs]) for p in phases
+            p: spread([r["server_phase_s"].get(p, 0.0) for r in runs]) for p in phases
         }
         row["client_phase_s_per_client"] = {
-            p: _spread([r["client_phase_s_per_client"].get(p, 0.0) for r in runs])
+            p: spread([r["client_phase_s_per_client"].get(p, 0.0) for r in runs])
             for p in sorted({p for r in runs for p in r["client_phase_s_per_client"]})
         }
         base = [plain[(dim, n, dropped, r["repeat"])] for r in runs]
-        row["round_over_plain"] = _spread(
+        row["round_over_plain"] = spread(
             [r["round_s"] / b["round_s"] for r, b in zip(runs, base, strict=True)]
         )
-        row["server_over_plain_server"] = _spread(
+        row["server_over_plain_server"] = spread(
             [r["server_s"] / b["server_s"] for r, b in zip(runs, base, strict=True)]
         )
         aggs = [agg.get((dim, n, r["repeat"])) for r in runs]
         if all(a is not None for a in aggs):
-            row["aggregation_alone_s"] = _spread([a for a in aggs if a is not None])
-            row["server_over_aggregation_alone"] = _spread(
+            row["aggregation_alone_s"] = spread([a for a in aggs if a is not None])
+            row["server_over_aggregation_alone"] = spread(
                 [r["server_s"] / a for r, a in zip(runs, aggs, strict=True) if a]
             )
-        row["client_over_plain_client"] = _spread(
+        row["client_over_plain_client"] = spread(
             [
                 r["client_s_per_client"] / b["client_s_per_client"]
                 for r, b in zip(runs, base, strict=True)
@@ -494,17 +492,17 @@ def summarise_flower(runs: list[Run]) -> list[dict[str, Any]]:
                 continue
             tag = f"{system}_{'secagg+' if secure else 'plain'}"
             row[tag] = {
-                key: _spread([r[key] for r in rs])
+                key: spread([r[key] for r in rs])
                 for key in ("steady_round_s", "first_round_s", "rounds_total_s", "final_test_acc")
             }
             if system == "flower":
-                row[tag]["startup_to_round1_s"] = _spread([r["startup_to_round1_s"] for r in rs])
+                row[tag]["startup_to_round1_s"] = spread([r["startup_to_round1_s"] for r in rs])
 
         def paired(a: list[Run], b: list[Run], how: str) -> dict[str, float]:
             pairs = list(zip(a, b, strict=True))
             if how == "ratio":
-                return _spread([x["steady_round_s"] / y["steady_round_s"] for x, y in pairs])
-            return _spread([x["steady_round_s"] - y["steady_round_s"] for x, y in pairs])
+                return spread([x["steady_round_s"] / y["steady_round_s"] for x, y in pairs])
+            return spread([x["steady_round_s"] - y["steady_round_s"] for x, y in pairs])
 
         added: dict[str, list[float]] = {}
         for system in ("fedloom", "flower"):
@@ -523,7 +521,7 @@ def summarise_flower(runs: list[Run]) -> list[dict[str, Any]]:
                     fl, fe, "ratio"
                 )
         if len(added) == 2:
-            row["flower_over_fedloom_added"] = _spread(
+            row["flower_over_fedloom_added"] = spread(
                 [w / f for w, f in zip(added["flower"], added["fedloom"], strict=True) if f > 0]
             )
         rows.append(row)
@@ -617,18 +615,7 @@ def markdown(
         "| D | N | mode | after keys | after share | after masked | after unmask |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in grid:
-        if r["mode"] == "plain":
-            continue
-        ph = r["server_phase_s"]
-        cells = [
-            _cell(ph.get(p))
-            for p in ("secagg.keys", "secagg.share", "secagg.masked", "secagg.unmask")
-        ]
-        drop = f" ({r['dropped']} dropped)" if r["dropped"] else ""
-        lines.append(
-            f"| {r['dim']:,} | {r['clients']} | {_mode_name(r)}{drop} | " + " | ".join(cells) + " |"
-        )
+    lines += _phase_rows(grid, "server_phase_s")
     lines += [
         "",
         "**Client seconds by phase** (per client)",
@@ -636,17 +623,7 @@ def markdown(
         "| D | N | mode | keys (incl. fit) | share | masked | unmask |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in full:
-        if r["mode"] == "plain":
-            continue
-        ph = r["client_phase_s_per_client"]
-        cells = [
-            _cell(ph.get(p))
-            for p in ("secagg.keys", "secagg.share", "secagg.masked", "secagg.unmask")
-        ]
-        lines.append(
-            f"| {r['dim']:,} | {r['clients']} | {_mode_name(r)} | " + " | ".join(cells) + " |"
-        )
+    lines += _phase_rows(full, "client_phase_s_per_client")
     dropped = [r for r in grid if r["dropped"]]
     if dropped:
         r0 = dropped[0]

@@ -53,7 +53,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,7 +61,7 @@ from typing import Any
 from _checks import check_split, check_training
 from _clock import btime_error_s
 from _measure import run_process
-from _meta import cpu_model, git_state, log
+from _meta import cpu_model, flower_versions, git_state, log, spread
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -136,25 +135,7 @@ def run_flower(harness: Path, clients: int, rounds: int, clock_error: float) -> 
     }
 
 
-def flower_versions(harness: Path) -> dict[str, str]:
-    """Runs the harness's ``setup.sh`` (builds the environment the first time) and reads the
-    versions of flwr, ray and torch installed there."""
-    venv = subprocess.run(
-        [str(harness.parent / "setup.sh")], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    versions = {}
-    for dist in Path(venv).glob("lib/python*/site-packages/*.dist-info"):
-        name, _, version = dist.name.removesuffix(".dist-info").partition("-")
-        if name in ("flwr", "ray", "torch"):
-            versions[name] = version
-    return versions
-
-
 # ----------------------------------------------------------------------------- summary
-
-
-def _spread(values: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 METRICS: list[tuple[str, str, str]] = [
@@ -186,7 +167,7 @@ def summarise(runs: list[Run], clients: Sequence[int]) -> dict[str, Any]:
             for system, rs in by_system.items():
                 values = [r[key] for r in rs if r.get(key) is not None]
                 if values:
-                    row[system] = _spread(values)
+                    row[system] = spread(values)
             pairs = [
                 (f[key], w[key])
                 for f, w in zip(by_system["fedloom"], by_system["flower"], strict=False)
@@ -194,7 +175,7 @@ def summarise(runs: list[Run], clients: Sequence[int]) -> dict[str, Any]:
             ]
             if pairs:
                 ratios = [f / w if ratio == "fedloom/flower" else w / f for f, w in pairs]
-                row["ratio"] = {"of": ratio, **_spread(ratios)}
+                row["ratio"] = {"of": ratio, **spread(ratios)}
             entry[key] = row
         summary[str(n)] = entry
     return summary

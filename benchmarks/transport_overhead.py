@@ -91,7 +91,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from _meta import cpu_model, git_state, log
+from _meta import cpu_model, git_state, log, spread
 from google import protobuf
 
 from fedloom.client import ClientContext, EvalResult, FitResult
@@ -414,7 +414,7 @@ def _timed(call: Callable[[], object], repeats: int = 21) -> dict[str, float]:
         started = time.perf_counter()
         call()
         times.append(time.perf_counter() - started)
-    return _spread(times)
+    return spread(times)
 
 
 def codec(params: int) -> dict[str, Any]:
@@ -518,10 +518,6 @@ def perf_breakdown(perf_data: Path, server_pid: int) -> dict[str, dict[str, Any]
 # ----------------------------------------------------------------------------- summary
 
 
-def _spread(values: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def _wire_summary(b: list[dict[str, Any]], raw: int, clients: int, steady: slice) -> dict[str, Any]:
     wire: dict[str, Any] = {}
     for label, pick in (("steady", steady), ("round1", slice(0, 1))):
@@ -534,18 +530,18 @@ def _wire_summary(b: list[dict[str, Any]], raw: int, clients: int, steady: slice
             ]
             scale = 2 * raw if d == "both" else raw
             wire[f"{label}_{d}"] = {
-                "bytes": _spread(per),
-                "ratio_to_raw": _spread([p / scale for p in per]),
-                "extra_bytes_per_client": _spread([(p - scale) / clients for p in per]),
+                "bytes": spread(per),
+                "ratio_to_raw": spread([p / scale for p in per]),
+                "extra_bytes_per_client": spread([(p - scale) / clients for p in per]),
             }
     wire["join_per_client"] = {
-        d: _spread([v for bb in b for v in bb["join_per_connection"][d]]) for d in ("down", "up")
+        d: spread([v for bb in b for v in bb["join_per_connection"][d]]) for d in ("down", "up")
     }
     wire["idle_per_client_per_s"] = {
-        d: _spread([bb["idle_per_client_per_s"][d] for bb in b]) for d in ("down", "up")
+        d: spread([bb["idle_per_client_per_s"][d] for bb in b]) for d in ("down", "up")
     }
     wire["after_last_round"] = {
-        d: _spread([bb["after_last_round"][d] for bb in b]) for d in ("down", "up")
+        d: spread([bb["after_last_round"][d] for bb in b]) for d in ("down", "up")
     }
     wire["connections"] = sorted({bb["connections"] for bb in b})
     return wire
@@ -559,21 +555,19 @@ def summarise(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
     for name in SESSIONS:
         med = [statistics.median(r[name]["round_s"][steady]) for r in runs]
         row: dict[str, Any] = {
-            "steady_round_s": _spread(med),
-            "round1_s": _spread([r[name]["round_s"][0] for r in runs]),
-            "server_cpu_s_per_round": _spread(
-                [r[name]["server_cpu_s"] / args.rounds for r in runs]
-            ),
+            "steady_round_s": spread(med),
+            "round1_s": spread([r[name]["round_s"][0] for r in runs]),
+            "server_cpu_s_per_round": spread([r[name]["server_cpu_s"] / args.rounds for r in runs]),
         }
         if name != "simulation":
-            row["steady_ratio_to_simulation"] = _spread(
+            row["steady_ratio_to_simulation"] = spread(
                 [g / b for g, b in zip(med, sim, strict=True)]
             )
-            row["steady_added_s"] = _spread([g - b for g, b in zip(med, sim, strict=True)])
-            row["clients_cpu_s_per_round"] = _spread(
+            row["steady_added_s"] = spread([g - b for g, b in zip(med, sim, strict=True)])
+            row["clients_cpu_s_per_round"] = spread(
                 [r[name]["clients_cpu_s"] / args.rounds for r in runs]
             )
-            row["join_wall_s"] = _spread([r[name]["join_wall_s"] for r in runs])
+            row["join_wall_s"] = spread([r[name]["join_wall_s"] for r in runs])
             row["max_abs_diff_final_vs_simulation"] = max(r[name]["max_abs_diff"] for r in runs)
         timing[name] = row
     return {
