@@ -71,11 +71,11 @@ def _fleet(
     trainer: Trainer,
     strategy: Strategy,
     *,
+    cohort: int,
     custom_trainer: bool,
 ) -> tuple[Fleet, dict[str, Any]]:
     """The in-process fleet, with attackers, dropout and stragglers as the settings ask."""
     info: dict[str, Any] = {}
-    cohort = cohort_size(cfg, ds.num_clients)
     app = None
     if cfg.attack is not None:
         attack = Attack.parse(cfg.attack)
@@ -314,12 +314,13 @@ def simulate(
     st = strategy or make_strategy(
         cfg.strategy, sampler_for(cfg, ds.num_clients), **cfg.strategy_options()
     )
+    cohort = cohort_size(cfg, ds.num_clients)
     privacy: CentralPrivacy | None = None
     if cfg.dp is not None:
-        st, privacy = with_central_dp(st, cfg, cohort_size(cfg, ds.num_clients), ds.num_clients)
+        st, privacy = with_central_dp(st, cfg, cohort, ds.num_clients)
     if cfg.secure_aggregation is not None:
-        st = with_secure_aggregation(st, cfg, cohort_size(cfg, ds.num_clients))
-    fleet, run_info = _fleet(cfg, ds, tr, st, custom_trainer=trainer is not None)
+        st = with_secure_aggregation(st, cfg, cohort)
+    fleet, run_info = _fleet(cfg, ds, tr, st, cohort=cohort, custom_trainer=trainer is not None)
     test = ds.test
 
     def evaluate(parameters: Vector) -> EvalResult:
