@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import fedloom
 from fedloom.client import ClientApp, ClientContext, LinearTrainer
@@ -15,7 +16,16 @@ from fedloom.errors import ClientError, ConfigError, RoundFailedError
 from fedloom.messages import Instruction, Reply
 from fedloom.secagg import FixedPoint, SecAggRound, SecAggSettings
 from fedloom.secagg._encoding import unpack
-from fedloom.secagg._protocol import KEYS, MASKED, SHARE, UNMASK, pack_map, unpack_map
+from fedloom.secagg._protocol import (
+    KEYS,
+    MASKED,
+    RELEASED_BYTES,
+    SHARE,
+    UNMASK,
+    pack_map,
+    unpack_map,
+)
+from fedloom.secagg._shamir import Share, combine
 from fedloom.server._loop import drive
 from fedloom.simulation import InProcessFleet
 from fedloom.strategy import RoundContext, WeightedMean
@@ -140,12 +150,24 @@ def test_the_server_never_receives_both_secrets_of_one_client() -> None:
     # Execute
     _round(fleet, SecAggSettings(encoding=ENCODING), trainer)
 
-    # Assert: self-mask shares only of survivors, mask-key shares only of the dropped client
-    for reply in fleet.received[UNMASK]:
-        released = unpack_map(reply.payload["shares"])
-        kinds = {key.partition(":")[2]: key[0] for key in released}
-        assert kinds.get("2") in (None, "s")
-        assert all(kind == "b" for owner, kind in kinds.items() if owner != "2")
+    # Assert: rebuild each owner's secret from what the survivors released (one value per
+    # neighbour in U2, sorted; x = the holder's rank among the owner's sorted neighbours + 1).
+    # For the dropped client it is its mask key (its public key matches what it advertised);
+    # for every survivor it is not its mask key, so it can only be the self-mask seed.
+    ids = sorted(map(str, range(N)))
+    s_pk = {r.client_id: r.payload["s_pk"] for r in fleet.received[KEYS]}
+    released = {r.client_id: r.payload["shares"] for r in fleet.received[UNMASK]}
+    t = SecAggSettings().shares_needed(N - 1)
+    for owner in ids:
+        holders = [u for u in ids if u != owner and u in released]
+        points = []
+        for u in holders[:t]:
+            slot = [v for v in ids if v != u].index(owner)
+            y = int.from_bytes(released[u][slot * RELEASED_BYTES : (slot + 1) * RELEASED_BYTES])
+            points.append(Share([v for v in ids if v != owner].index(u) + 1, y))
+        secret = combine(points, t, 32)
+        pk = X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
+        assert (pk == s_pk[owner]) == (owner == "2")
 
 
 def test_a_client_refuses_to_release_both_secrets_of_a_neighbour() -> None:
@@ -175,17 +197,85 @@ def test_a_tampered_share_is_detected_by_its_recipient() -> None:
     def tamper(cid: str, ins: Instruction) -> Instruction:
         if ins.phase != MASKED or cid != "0":
             return ins
-        held = unpack_map(ins.payload["shares"])
-        blob = bytearray(held["1"])
-        blob[40] ^= 1
-        held["1"] = bytes(blob)
-        return dataclasses.replace(ins, payload={**ins.payload, "shares": pack_map(held)})
+        held = bytearray(ins.payload["shares"])  # client 0's first record is client 1's
+        held[40] ^= 1
+        return dataclasses.replace(ins, payload={**ins.payload, "shares": bytes(held)})
 
     fleet = Scripted(InProcessFleet(ds, trainer), rewrite=tamper)
 
     # Execute / Assert
     with pytest.raises(ClientError, match="share from client 1 failed to authenticate"):
         _round(fleet, SecAggSettings(encoding=ENCODING), trainer)
+
+
+def _spoil_released(spoil: dict[str, list[int]]) -> ClientApp:
+    """An app whose clients in ``spoil`` flip the last bit of the released shares at the
+    given slots (a lying or faulty survivor)."""
+    base = ClientApp()
+
+    def handle(ctx: ClientContext, ins: Instruction) -> Reply:
+        reply = base.handle(ctx, ins)
+        if ins.phase != UNMASK or ctx.client_id not in spoil:
+            return reply
+        raw = bytearray(reply.payload["shares"])
+        for slot in spoil[ctx.client_id]:
+            raw[(slot + 1) * RELEASED_BYTES - 1] ^= 1
+        return dataclasses.replace(reply, payload={"shares": bytes(raw)})
+
+    return ClientApp({p: handle for p in (KEYS, SHARE, MASKED, UNMASK)})
+
+
+def test_a_bad_released_share_is_caught_and_the_other_shares_rebuild_the_secret() -> None:
+    # Prepare: client 0 spoils its share of client 1's self-mask seed (slot 0: "1" is first
+    # among 0's neighbours). It is among the first t = 6 holders of 1's shares (x = 1), so the
+    # first rebuild fails the seed's commitment; the last 6 holders leave client 0 out.
+    ds = _dataset()
+    trainer = LinearTrainer(64, 10)
+    fleet = InProcessFleet(ds, trainer, app=_spoil_released({"0": [0]}))
+    settings = SecAggSettings(encoding=ENCODING)
+
+    # Execute
+    mech, params, outcome = _round(fleet, settings, trainer)
+
+    # Assert: the sum is still exact
+    survivors = [str(i) for i in range(N)]
+    expected, weight = _expected_mean(ds, trainer, params, survivors, settings)
+    assert np.abs(outcome.aggregate.vector - expected).max() <= mech.error_bound(N, weight)
+
+
+def test_bad_shares_in_both_rebuilds_fail_the_round_rather_than_unmask_wrongly() -> None:
+    # Prepare: clients 0 (first holder) and 9 (last holder; "1" is at slot 1 of its
+    # neighbours) both spoil their share of client 1's seed.
+    ds = _dataset()
+    trainer = LinearTrainer(64, 10)
+    fleet = InProcessFleet(ds, trainer, app=_spoil_released({"0": [0], "9": [1]}))
+
+    # Execute / Assert
+    with pytest.raises(RoundFailedError, match="shares of the self mask of 1 disagree"):
+        _round(fleet, SecAggSettings(encoding=ENCODING), trainer)
+
+
+def test_a_client_without_a_self_mask_commitment_is_dropped() -> None:
+    # Prepare: client 4 leaves out the commitment to its self-mask seed.
+    ds = _dataset()
+    trainer = LinearTrainer(64, 10)
+    base = ClientApp()
+
+    def handle(ctx: ClientContext, ins: Instruction) -> Reply:
+        reply = base.handle(ctx, ins)
+        if ins.phase == SHARE and ctx.client_id == "4":
+            return dataclasses.replace(reply, payload={"shares": reply.payload["shares"]})
+        return reply
+
+    app = ClientApp({p: handle for p in (KEYS, SHARE, MASKED, UNMASK)})
+    settings = SecAggSettings(threshold=0.6, encoding=ENCODING)
+
+    # Execute
+    _, _, outcome = _round(InProcessFleet(ds, trainer, app=app), settings, trainer)
+
+    # Assert
+    assert outcome.rejected == {"4": "self-mask commitment missing or not 32 bytes"}
+    assert outcome.aggregate.count == N - 1
 
 
 @pytest.mark.parametrize("phase", [KEYS, SHARE, MASKED, UNMASK])

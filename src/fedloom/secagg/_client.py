@@ -10,6 +10,7 @@ client named both surviving and dropped, or a share that fails to authenticate.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from fedloom.secagg._crypto import (
     KeyPair,
     TamperedError,
     agree,
+    agree_all,
     decrypt,
     encrypt,
     generate_keypair,
@@ -33,16 +35,16 @@ from fedloom.secagg._protocol import (
     KEYS,
     MASK_INFO,
     MASKED,
+    SEALED_BYTES,
     SHARE,
     SHARE_INFO,
     UNMASK,
     SecAggSettings,
     mask_sign,
-    pack_map,
     unpack_ids,
     unpack_map,
 )
-from fedloom.secagg._shamir import Share, split
+from fedloom.secagg._shamir import SHARE_BYTES, Y_BYTES, Share, split
 
 if TYPE_CHECKING:
     from fedloom.client import ClientContext
@@ -51,7 +53,9 @@ __all__ = [
     "encode_input",
     "held_secrets",
     "pairwise_mask_seed",
+    "pairwise_mask_seeds",
     "secagg_handlers",
+    "self_seed_commitment",
     "share_associated_data",
 ]
 
@@ -71,7 +75,9 @@ class _Round:
     s: KeyPair
     self_seed: bytes = b""
     peers: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
-    held: dict[str, bytes] = field(default_factory=dict)
+    share_keys: dict[str, bytes] = field(default_factory=dict)
+    active: list[str] = field(default_factory=list)
+    held: bytes = b""
     u2: frozenset[str] = frozenset()
 
 
@@ -97,6 +103,18 @@ def share_associated_data(round: int, sender: str, recipient: str) -> bytes:
 def pairwise_mask_seed(s_private: bytes, peer_public: bytes, round: int) -> bytes:
     """The seed of the mask two clients share: the same from either side's private key."""
     return agree(s_private, peer_public, info=MASK_INFO + round.to_bytes(4, "big"))
+
+
+def pairwise_mask_seeds(s_private: bytes, peer_publics: list[bytes], round: int) -> list[bytes]:
+    """:func:`pairwise_mask_seed` with each of ``peer_publics``, loading the private key once."""
+    return agree_all(s_private, peer_publics, info=MASK_INFO + round.to_bytes(4, "big"))
+
+
+def self_seed_commitment(seed: bytes) -> bytes:
+    """SHA-256 of the self-mask seed: sent with the shares so that the server can tell a
+    correctly rebuilt seed from one spoilt by a bad share. The seed is 32 fresh random bytes,
+    so its hash reveals nothing of it."""
+    return hashlib.sha256(seed).digest()
 
 
 def secagg_handlers(train: Handler) -> dict[str, Handler]:
@@ -151,17 +169,23 @@ def secagg_handlers(train: Handler) -> dict[str, Handler]:
         xs = list(range(1, len(order) + 1))
         s_shares = split(state.s.private, t, xs)
         b_shares = split(state.self_seed, t, xs)
-        sealed = {}
-        for v, s_share, b_share in zip(order, s_shares, b_shares, strict=True):
-            key = agree(state.c.private, state.peers[v][0], info=SHARE_INFO)
+        share_keys = agree_all(state.c.private, [state.peers[v][0] for v in order], info=SHARE_INFO)
+        state.share_keys = dict(zip(order, share_keys, strict=True))
+        sealed = bytearray()  # one SEALED_BYTES record per neighbour, in sorted order
+        for v, key, s_share, b_share in zip(order, share_keys, s_shares, b_shares, strict=True):
             plaintext = s_share.to_bytes() + b_share.to_bytes()
-            ad = share_associated_data(ins.round, ctx.client_id, v)
-            sealed[v] = encrypt(key, plaintext, ad)
-        return Reply(ctx.client_id, ins.round, ins.phase, payload={"shares": pack_map(sealed)})
+            sealed += encrypt(key, plaintext, share_associated_data(ins.round, ctx.client_id, v))
+        commitment = self_seed_commitment(state.self_seed)
+        return Reply(
+            ctx.client_id,
+            ins.round,
+            ins.phase,
+            payload={"shares": bytes(sealed), "b_commit": commitment},
+        )
 
     def masked(ctx: ClientContext, ins: Instruction) -> Reply:
         state = current(ctx, ins)
-        held = entries(ctx, ins, "shares")
+        held = payload(ctx, ins, "shares")
         try:
             u2 = frozenset(unpack_ids(payload(ctx, ins, "u2")))
         except ValueError as exc:
@@ -170,16 +194,21 @@ def secagg_handlers(train: Handler) -> dict[str, Handler]:
         t = state.settings.shares_needed(len(state.peers))
         if ctx.client_id not in u2 or len(active) < t:
             raise fail(ctx, ins, f"only {len(active)} neighbours shared keys, {t} needed")
-        if set(held) - set(active):
-            raise fail(ctx, ins, "shares from clients that are not neighbours in U2")
-        state.held, state.u2 = held, u2
+        if len(held) != len(active) * SEALED_BYTES:
+            raise fail(
+                ctx,
+                ins,
+                f"expected {len(active)} encrypted shares of {SEALED_BYTES} bytes (one per "
+                f"neighbour in U2), got {len(held)} bytes",
+            )
+        state.held, state.active, state.u2 = held, active, u2
         k = state.settings.encoding.modulus_bits
         word = np.dtype("<u4") if k <= 32 else np.dtype("<u8")
         # summed in place in 32- (or 64-) bit words, which wrap mod 2^32; 2^k divides that
         y: npt.NDArray[np.unsignedinteger] = state.encoded.astype(word)
         prg_into(state.self_seed, y, subtract=False)
-        for v in active:
-            seed = pairwise_mask_seed(state.s.private, state.peers[v][1], ins.round)
+        seeds = pairwise_mask_seeds(state.s.private, [state.peers[v][1] for v in active], ins.round)
+        for v, seed in zip(active, seeds, strict=True):
             prg_into(seed, y, subtract=mask_sign(ctx.client_id, v) < 0)
         if k < 8 * word.itemsize:
             np.bitwise_and(y, word.type((1 << k) - 1), out=y)
@@ -194,27 +223,28 @@ def secagg_handlers(train: Handler) -> dict[str, Handler]:
             raise fail(ctx, ins, f"malformed survivor lists: {exc}") from None
         if u3 & dropped:
             raise fail(ctx, ins, "clients named both surviving and dropped; refusing to unmask")
-        if not (u3 | dropped) <= state.u2 or ctx.client_id not in u3:
+        if (u3 | dropped) != state.u2 or ctx.client_id not in u3:
             raise fail(ctx, ins, "survivor lists that do not match the clients that shared keys")
         t = state.settings.shares_needed(len(state.peers))
         if len(u3) < t:
             raise fail(ctx, ins, f"only {len(u3)} survivors, {t} needed; refusing to unmask")
-        released: dict[str, bytes] = {}
-        for v, blob in state.held.items():
-            key = agree(state.c.private, state.peers[v][0], info=SHARE_INFO)
+        # one y per neighbour in U2, in sorted order: of b_v for a survivor, of s_sk_v otherwise
+        released = bytearray()
+        for i, v in enumerate(state.active):
+            blob = state.held[i * SEALED_BYTES : (i + 1) * SEALED_BYTES]
+            ad = share_associated_data(ins.round, v, ctx.client_id)
             try:
-                plain = decrypt(key, blob, share_associated_data(ins.round, v, ctx.client_id))
-                s_share, b_share = Share.from_bytes(plain[:70]), Share.from_bytes(plain[70:])
+                plain = decrypt(state.share_keys[v], blob, ad)
+                s_share = Share.from_bytes(plain[:SHARE_BYTES])
+                b_share = Share.from_bytes(plain[SHARE_BYTES:])
             except (TamperedError, ValueError):
                 raise fail(
                     ctx, ins, f"the share from client {v} failed to authenticate; refusing"
                 ) from None
-            if v in u3:
-                released["b:" + v] = b_share.to_bytes()
-            elif v in dropped:
-                released["s:" + v] = s_share.to_bytes()
+            share = b_share if v in u3 else s_share
+            released += share.y.to_bytes(Y_BYTES, "big")
         del ctx.state[STATE_KEY]
-        return Reply(ctx.client_id, ins.round, ins.phase, payload={"shares": pack_map(released)})
+        return Reply(ctx.client_id, ins.round, ins.phase, payload={"shares": bytes(released)})
 
     return {KEYS: keys, SHARE: share, MASKED: masked, UNMASK: unmask}
 

@@ -11,6 +11,7 @@ translates errors.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
     "KeyPair",
     "TamperedError",
     "agree",
+    "agree_all",
     "decrypt",
     "encrypt",
     "generate_keypair",
@@ -90,18 +92,27 @@ def agree(private: bytes, peer_public: bytes, *, info: bytes) -> bytes:
     ValueError
         A key is not 32 bytes, or the shared secret is all zeros (the peer key has low order).
     """
+    return agree_all(private, [peer_public], info=info)[0]
+
+
+def agree_all(private: bytes, peer_publics: Sequence[bytes], *, info: bytes) -> list[bytes]:
+    """:func:`agree` with each of ``peer_publics`` in turn, loading the private key once (loading
+    it costs about as much as one agreement)."""
     _check_length("private key", private)
-    _check_length("peer public key", peer_public)
-    try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(peer_public)
-        )
-    except ValueError as error:  # cryptography refuses an all-zero result
-        raise ValueError(
-            "X25519 gave an all-zero shared secret: the peer public key has low order "
-            "and must be rejected"
-        ) from error
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)
+    key = X25519PrivateKey.from_private_bytes(private)
+    out = []
+    for peer_public in peer_publics:
+        _check_length("peer public key", peer_public)
+        try:
+            shared = key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError as error:  # cryptography refuses an all-zero result
+            raise ValueError(
+                "X25519 gave an all-zero shared secret: the peer public key has low order "
+                "and must be rejected"
+            ) from error
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info)
+        out.append(hkdf.derive(shared))
+    return out
 
 
 def encrypt(key: bytes, plaintext: bytes, associated: bytes) -> bytes:

@@ -17,6 +17,13 @@ check round):
    survivor returns its share of ``b_v`` for every surviving neighbour ``v`` and of ``s_sk_v``
    for every dropped one, never both for the same ``v``. The server rebuilds the secrets,
    removes the masks and decodes the sum.
+
+Shares travel as fixed-size records in an order both sides know, so nobody parses a map of
+client ids per share: a client's phase-2 reply is one :data:`SEALED_BYTES` record per
+neighbour, in sorted id order; the phase-3 instruction hands each client the records addressed
+to it, in sorted order of its neighbours in U2; its phase-4 reply is one :data:`RELEASED_BYTES`
+``y`` value per neighbour in U2, in the same order (the share's ``x`` is the recipient's
+1-based rank among the sender's sorted neighbours, which the server knows).
 """
 
 from __future__ import annotations
@@ -28,10 +35,14 @@ from dataclasses import dataclass, field
 
 from fedloom.errors import ConfigError
 from fedloom.messages import Config
+from fedloom.secagg._crypto import NONCE_BYTES, TAG_BYTES
 from fedloom.secagg._encoding import FixedPoint
+from fedloom.secagg._shamir import SHARE_BYTES, Y_BYTES
 
 __all__ = [
     "PHASES",
+    "RELEASED_BYTES",
+    "SEALED_BYTES",
     "SecAggSettings",
     "mask_sign",
     "pack_ids",
@@ -43,6 +54,11 @@ __all__ = [
 KEYS, SHARE, MASKED, UNMASK = "secagg.keys", "secagg.share", "secagg.masked", "secagg.unmask"
 PHASES = (KEYS, SHARE, MASKED, UNMASK)
 """The four phases, in order."""
+
+SEALED_BYTES = NONCE_BYTES + 2 * SHARE_BYTES + TAG_BYTES
+"""One encrypted share pair (of ``s_sk`` and of ``b``) for one neighbour: 168 bytes."""
+RELEASED_BYTES = Y_BYTES
+"""One released share's ``y`` value: 66 bytes."""
 
 SHARE_INFO = b"fedloom secagg share key"
 MASK_INFO = b"fedloom secagg pairwise mask"

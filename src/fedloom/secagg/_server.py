@@ -9,9 +9,9 @@ with :class:`~fedloom.errors.RoundFailedError`, when fewer clients remain than t
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,21 +22,22 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fedloom.errors import ConfigError, RoundFailedError
 from fedloom.messages import Instruction, Reply
 from fedloom.params import Vector
-from fedloom.secagg._client import pairwise_mask_seed
+from fedloom.secagg._client import pairwise_mask_seeds, self_seed_commitment
 from fedloom.secagg._crypto import prg_into
 from fedloom.secagg._graph import neighbours
 from fedloom.secagg._protocol import (
     KEYS,
     MASKED,
+    RELEASED_BYTES,
+    SEALED_BYTES,
     SHARE,
     UNMASK,
     SecAggSettings,
     mask_sign,
     pack_ids,
     pack_map,
-    unpack_map,
 )
-from fedloom.secagg._shamir import Share, combine
+from fedloom.secagg._shamir import interpolate
 from fedloom.strategy import Aggregate, RoundContext, RoundOutcome, RoundSteps, WeightedMean
 
 __all__ = ["SecAggRound"]
@@ -150,46 +151,48 @@ class SecAggRound:
         needed = {u: settings.shares_needed(len(graph[u])) for u in u1}
         least = max(least, *needed.values())
 
-        # 2. share keys
+        # 2. share keys: each client gets its neighbours' keys, in sorted order
+        order = {u: sorted(graph[u]) for u in u1}
+        entry = {v: pack_map({v: keys[v][0] + keys[v][1]}) for v in u1}
         share_ins = {
             u: Instruction(
-                ctx.round,
-                SHARE,
-                None,
-                config,
-                {"keys": pack_map({v: keys[v][0] + keys[v][1] for v in sorted(graph[u])})},
+                ctx.round, SHARE, None, config, {"keys": b"".join([entry[v] for v in order[u]])}
             )
             for u in u1
         }
-        inbox: dict[str, dict[str, bytes]] = defaultdict(dict)
-        u2: list[str] = []
+        sealed: dict[str, bytes] = {}
+        commitment: dict[str, bytes] = {}
         for reply in view.replies((yield share_ins), SHARE, u1):
-            try:
-                sealed = unpack_map(reply.payload.get("shares", b""))
-            except ValueError as exc:
-                view.reject(reply.client_id, f"malformed shares: {exc}")
+            raw = reply.payload.get("shares", b"")
+            deg = len(order[reply.client_id])
+            if len(raw) != deg * SEALED_BYTES:
+                view.reject(
+                    reply.client_id,
+                    f"shares not {deg} records of {SEALED_BYTES} bytes, one per neighbour",
+                )
                 continue
-            if set(sealed) != graph[reply.client_id] or not all(sealed.values()):
-                view.reject(reply.client_id, "shares not addressed to exactly its neighbours")
+            b_commit = reply.payload.get("b_commit", b"")
+            if len(b_commit) != 32:
+                view.reject(reply.client_id, "self-mask commitment missing or not 32 bytes")
                 continue
-            u2.append(reply.client_id)
-            for v, blob in sealed.items():
-                inbox[v][reply.client_id] = blob
+            sealed[reply.client_id] = raw
+            commitment[reply.client_id] = b_commit
+        u2 = sorted(sealed)
         self._enough(ctx.round, SHARE, len(u2), least)
 
-        # 3. masked input
+        # 3. masked input: each client gets the shares addressed to it, from its neighbours in
+        # U2 in sorted order; the sender's record for v sits at v's rank among its neighbours
         u2_set = frozenset(u2)
-        ids = pack_ids(sorted(u2))
+        active = {u: [v for v in order[u] if v in u2_set] for u in u2}
+        slot = {u: {v: i for i, v in enumerate(active[u])} for u in u2}
+        ids = pack_ids(u2)
+        inbox = _route(u2, order, active, sealed)
+        del sealed
         masked_ins = {
-            u: Instruction(
-                ctx.round,
-                MASKED,
-                None,
-                config,
-                {"shares": pack_map({s: b for s, b in inbox[u].items() if s in u2_set}), "u2": ids},
-            )
-            for u in u2
+            v: Instruction(ctx.round, MASKED, None, config, {"shares": inbox[v], "u2": ids})
+            for v in u2
         }
+        del inbox
         word = np.dtype("<u4") if k <= 32 else np.dtype("<u8")
         total = np.zeros(count, dtype=word)
         u3: list[str] = []
@@ -207,27 +210,50 @@ class SecAggRound:
         dropped = sorted(u2_set - survivors)
         lists = {"u3": pack_ids(sorted(u3)), "dropped": pack_ids(dropped)}
         unmask_ins = {u: Instruction(ctx.round, UNMASK, None, config, lists) for u in u3}
-        b_shares: dict[str, list[Share]] = defaultdict(list)
-        s_shares: dict[str, list[Share]] = defaultdict(list)
+        released: dict[str, bytes] = {}
         for reply in view.replies((yield unmask_ins), UNMASK, u3):
-            parsed = self._released(reply, graph, survivors, frozenset(dropped))
-            if parsed is None:
-                view.reject(reply.client_id, "malformed or inconsistent unmask shares")
+            raw = reply.payload.get("shares", b"")
+            if not _released_ok(raw, len(active[reply.client_id])):
+                view.reject(reply.client_id, "malformed unmask shares")
                 continue
-            for owner, share in parsed[0].items():
-                b_shares[owner].append(share)
-            for owner, share in parsed[1].items():
-                s_shares[owner].append(share)
+            released[reply.client_id] = raw
+
+        def rebuild(v: str, self_mask: bool) -> bytes:
+            """v's self-mask seed (or mask key) from the shares its neighbours released: x is
+            a holder's rank among v's sorted neighbours + 1 (as v dealt them), y sits at v's
+            rank among the holder's neighbours in U2. The first ``need`` shares are used, or
+            else the last ``need``; the result must match v's commitment (or public key), so
+            a bad share is caught, never silently used."""
+            what = f"{'self mask' if self_mask else 'mask key'} of {v}"
+            need = needed[v]
+            held = ((x, u) for x, u in enumerate(order[v], start=1) if u in released)
+            first = list(itertools.islice(held, need))
+            if len(first) < need:
+                raise RoundFailedError(
+                    ctx.round, UNMASK, len(first), need, f"too few shares of the {what}"
+                )
+            for chosen in itertools.chain([first], _last_shares(order[v], released, need)):
+                ys = [_y(released[u], slot[u][v]) for _, u in chosen]
+                try:
+                    value = interpolate(tuple(x for x, _ in chosen), ys, 32)
+                except ValueError:
+                    continue
+                if self_mask and self_seed_commitment(value) == commitment[v]:
+                    return value
+                if not self_mask and _public_of(value) == keys[v][1]:
+                    return value
+                log.warning("round %d: a bad share of the %s", ctx.round, what)
+            raise RoundFailedError(
+                ctx.round, UNMASK, need, need, f"the shares of the {what} disagree"
+            )
 
         for v in u3:
-            seed = self._rebuild(ctx.round, b_shares[v], needed[v], 32, f"self mask of {v}")
-            prg_into(seed, total, subtract=True)
+            prg_into(rebuild(v, self_mask=True), total, subtract=True)
         for v in dropped:
-            secret = self._rebuild(ctx.round, s_shares[v], needed[v], 32, f"mask key of {v}")
-            if _public_of(secret) != keys[v][1]:
-                raise RoundFailedError(ctx.round, UNMASK, 0, needed[v], f"bad shares for {v}")
-            for u in sorted(graph[v] & survivors):
-                seed = pairwise_mask_seed(secret, keys[u][1], ctx.round)
+            secret = rebuild(v, self_mask=False)
+            peers = sorted(graph[v] & survivors)
+            seeds = pairwise_mask_seeds(secret, [keys[u][1] for u in peers], ctx.round)
+            for u, seed in zip(peers, seeds, strict=True):
                 prg_into(seed, total, subtract=mask_sign(u, v) > 0)
 
         total = total.astype(np.uint64) & np.uint64((1 << k) - 1)
@@ -252,48 +278,56 @@ class SecAggRound:
                 round, phase, have, need, "secure aggregation needs at least t clients"
             )
 
-    @staticmethod
-    def _released(
-        reply: Reply,
-        graph: Mapping[str, frozenset[str]],
-        survivors: frozenset[str],
-        dropped: frozenset[str],
-    ) -> tuple[dict[str, Share], dict[str, Share]] | None:
-        """The shares a survivor released, split into self-mask and mask-key shares; None when
-        anything is malformed or asks for a secret it must not release."""
-        try:
-            entries = unpack_map(reply.payload.get("shares", b""))
-            b: dict[str, Share] = {}
-            s: dict[str, Share] = {}
-            for key, raw in entries.items():
-                kind, _, owner = key.partition(":")
-                if owner not in graph[reply.client_id]:
-                    return None
-                if kind == "b" and owner in survivors:
-                    b[owner] = Share.from_bytes(raw)
-                elif kind == "s" and owner in dropped:
-                    s[owner] = Share.from_bytes(raw)
-                else:
-                    return None
-            return b, s
-        except ValueError:
-            return None
 
-    @staticmethod
-    def _rebuild(round: int, shares: list[Share], need: int, length: int, what: str) -> bytes:
-        """A secret from its shares; two disjoint-enough subsets must agree when there are
-        more than ``need`` shares, so one bad share is caught rather than silently used."""
-        if len(shares) < need:
-            raise RoundFailedError(
-                round, UNMASK, len(shares), need, f"too few shares of the {what}"
-            )
-        try:
-            secret = combine(shares[:need], need, length)
-            if len(shares) > need and combine(shares[-need:], need, length) != secret:
-                raise ValueError("inconsistent shares")
-        except ValueError as exc:
-            raise RoundFailedError(round, UNMASK, len(shares), need, f"{what}: {exc}") from None
-        return secret
+def _route(
+    u2: list[str],
+    order: dict[str, list[str]],
+    active: dict[str, list[str]],
+    sealed: dict[str, bytes],
+) -> dict[str, bytes]:
+    """Each client's inbox: the records addressed to it, from its neighbours in U2 in sorted
+    order. Sender u's record for v sits at v's rank among u's sorted neighbours."""
+    n = len(u2)
+    if all(len(order[u]) == n - 1 for u in u2):
+        # every client a neighbour of every other, all in U2: client j's record for client i
+        # is row i - 1 of j's reply for j < i and row i for j > i; a slice of a 3-d view each
+        grid = np.frombuffer(b"".join([sealed[u] for u in u2]), dtype=np.uint8)
+        grid = grid.reshape(n, n - 1, SEALED_BYTES)
+        # (the last client's second slice is empty; its column index only has to exist)
+        return {
+            v: np.concatenate([grid[:i, i - 1], grid[i + 1 :, min(i, n - 2)]]).tobytes()
+            for i, v in enumerate(u2)
+        }
+    rank = {u: {v: i for i, v in enumerate(order[u])} for u in u2}
+    return {
+        v: b"".join(
+            [
+                sealed[u][rank[u][v] * SEALED_BYTES : (rank[u][v] + 1) * SEALED_BYTES]
+                for u in active[v]
+            ]
+        )
+        for v in u2
+    }
+
+
+def _last_shares(
+    order: list[str], released: dict[str, bytes], need: int
+) -> Iterator[list[tuple[int, str]]]:
+    """The second try at a secret, made only if the first fails: the last ``need`` holders'
+    shares, when there are more than ``need``."""
+    holders = [(x, u) for x, u in enumerate(order, start=1) if u in released]
+    if len(holders) > need:
+        yield holders[-need:]
+
+
+def _released_ok(raw: bytes, count: int) -> bool:
+    """Is ``raw`` ``count`` share values, each below 2^521 (its first byte at most 1)?"""
+    return len(raw) == count * RELEASED_BYTES and max(raw[::RELEASED_BYTES], default=0) <= 1
+
+
+def _y(raw: bytes, slot: int) -> int:
+    """The share value at ``slot`` of a released-shares reply."""
+    return int.from_bytes(raw[slot * RELEASED_BYTES : (slot + 1) * RELEASED_BYTES], "big")
 
 
 def _graph_seed(seed: int, round: int) -> int:

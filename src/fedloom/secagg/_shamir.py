@@ -24,13 +24,22 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_SECRET_BYTES", "PRIME", "SHARE_BYTES", "Share", "combine", "split"]
+__all__ = [
+    "MAX_SECRET_BYTES",
+    "PRIME",
+    "SHARE_BYTES",
+    "Y_BYTES",
+    "Share",
+    "combine",
+    "interpolate",
+    "split",
+]
 
 PRIME: int = 2**521 - 1
 MAX_SECRET_BYTES = 64
 _X_BYTES = 4
-_Y_BYTES = 66  # 521 bits
-SHARE_BYTES = _X_BYTES + _Y_BYTES
+Y_BYTES = 66  # 521 bits
+SHARE_BYTES = _X_BYTES + Y_BYTES
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class Share:
         """The share as 70 bytes: ``x`` in 4 and ``y`` in 66, both big-endian."""
         if self.x >= 1 << (8 * _X_BYTES):
             raise ValueError(f"share x = {self.x} does not fit the 4-byte encoding (below 2**32)")
-        return self.x.to_bytes(_X_BYTES, "big") + self.y.to_bytes(_Y_BYTES, "big")
+        return self.x.to_bytes(_X_BYTES, "big") + self.y.to_bytes(Y_BYTES, "big")
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Share:
@@ -144,8 +153,17 @@ def combine(shares: Sequence[Share], threshold: int, length: int) -> bytes:
     if len(set(xs)) != len(xs):
         raise ValueError(f"shares must have distinct x, got {xs}")
     used = shares[:threshold]
-    weights = _lagrange_at_zero(tuple(share.x for share in used))
-    value = sum(w * share.y for w, share in zip(weights, used, strict=True)) % PRIME
+    return interpolate(tuple(share.x for share in used), [share.y for share in used], length)
+
+
+def interpolate(xs: tuple[int, ...], ys: Sequence[int], length: int) -> bytes:
+    """The secret through the points ``(xs[i], ys[i])``: :func:`combine` without the checks on
+    its arguments, for a caller that holds many sharings' ``y`` values as integers (a server
+    rebuilding a secret per client). ``xs`` must be distinct and in ``[1, PRIME)``; the same
+    ``xs`` reuse their Lagrange weights. ``ValueError`` when the value does not fit ``length``.
+    """
+    weights = _lagrange_at_zero(xs)
+    value = sum(w * y for w, y in zip(weights, ys, strict=True)) % PRIME
     if value.bit_length() > 8 * length:
         raise ValueError(
             f"the shares interpolate to a value that does not fit in {length} bytes: "
