@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _run_settings(sim, simulation=True)
     _privacy_parser(sub)
+    _audit_parser(sub)
     _deploy_parsers(sub)
     return parser
 
@@ -97,7 +98,12 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
     if not simulation:
         return
     dp = sim.add_argument_group("differential privacy (user level)")
-    dp.add_argument("--dp", choices=("central",), help="DP-FedAvg: clip, then noise on the server")
+    dp.add_argument(
+        "--dp",
+        choices=("central", "distributed"),
+        help="central: DP-FedAvg, noise added by the server; distributed: each client adds "
+        "discrete Gaussian noise under --secure-aggregation",
+    )
     dp.add_argument("--clip-norm", type=float, help="L2 bound on each update (1.0)")
     dp.add_argument("--noise-multiplier", type=float, help="noise std / clip norm, z")
     dp.add_argument(
@@ -111,6 +117,10 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
     dp.add_argument("--delta", type=float, help="the delta epsilon is reported at (1/N^1.1)")
     dp.add_argument("--target-epsilon", type=float, help="stop before epsilon passes this")
     dp.add_argument("--accountant", choices=("rdp", "pld"), help="dp-accounting's (rdp)")
+    local = sim.add_argument_group("differential privacy (record level, on each client)")
+    local.add_argument("--local-dp-noise", type=float, help="DP-SGD: noise std / clip, z")
+    local.add_argument("--local-dp-clip", type=float, help="L2 bound per example gradient (1.0)")
+    local.add_argument("--local-dp-delta", type=float, help="each client's epsilon at it (1e-5)")
     cond = sim.add_argument_group("simulated conditions and adversaries")
     cond.add_argument(
         "--stragglers", type=float, help="fraction of each round's clients that run 1..E epochs"
@@ -165,6 +175,20 @@ def _privacy_parser(sub: Any) -> None:
         help="how rounds sample clients (fedloom's samplers: fixed size without replacement)",
     )
     add("--accountant", default="rdp", choices=("rdp", "pld"), help="rdp (default) or pld")
+
+
+def _audit_parser(sub: Any) -> None:
+    audit = sub.add_parser(
+        "audit",
+        help="measure what a trained model leaks: a membership inference attack",
+        description="Attack the final model of a `fedloom simulate --out RUN_DIR` run with the "
+        "loss-threshold membership inference attack (Yeom et al. 2018): its training examples "
+        "against held-out ones, in equal numbers. Reports the attack's AUC (0.5: no signal) and "
+        "advantage, and, for a DP run, the most advantage its epsilon allows any attack.",
+    )
+    audit.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a simulate run")
+    audit.add_argument("--seed", type=int, default=0, help="seed of the balancing subsample (0)")
+    audit.add_argument("--json", metavar="FILE", help="also write the audit as JSON to FILE")
 
 
 def _deploy_parsers(sub: Any) -> None:
@@ -375,6 +399,49 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from fedloom._io import atomic_write
+    from fedloom.privacy import audit_run
+
+    report = audit_run(args.run_dir, seed=args.seed)
+    attack = report.attack
+    if report.ceiling is None:
+        dp = ["  epsilon          none: no DP, so no bound on the advantage"]
+    else:
+        relation = ""
+        if report.ceiling_epsilon != report.epsilon:
+            relation = f" at replace-one epsilon {report.ceiling_epsilon:.3g}"
+        dp = [
+            f"  epsilon          {report.epsilon:.3g} at delta {report.delta:.3g} (user level)",
+            f"  DP ceiling       {report.ceiling:.3f}  (the most advantage any attack can "
+            f"have{relation})",
+        ]
+    print(
+        "\n".join([
+            f"membership inference (loss threshold) on {args.run_dir}, seed {args.seed}",
+            f"  members          {attack.members} of {report.member_pool} training examples of "
+            f"{len(report.clients)} of {report.population} clients",
+            f"  non-members      {attack.non_members} of {report.non_member_pool} "
+            f"({report.non_member_source})",
+            f"  AUC              {attack.auc:.3f}  (0.5: no signal)",
+            f"  advantage        {attack.advantage:.3f}  (best TPR - FPR; chance alone reaches "
+            f"{attack.chance_advantage:.3f} 1 time in 20)",
+            f"  TPR at 1% FPR    {attack.tpr_at_1pct_fpr:.3f}",
+            f"  TPR at 10% FPR   {attack.tpr_at_10pct_fpr:.3f}",
+            *dp,
+        ])
+    )  # fmt: skip
+    if args.json:
+        try:
+            atomic_write(Path(args.json), json.dumps(report.to_dict(), indent=1).encode())
+        except OSError as exc:
+            raise ConfigError(f"cannot write --json {args.json}: {exc}") from None
+    return 0
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from fedloom.simulation import simulate
 
@@ -394,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {
             "simulate": _simulate, "privacy": _privacy, "certs": _certs, "server": _server,
-            "client": _client,
+            "client": _client, "audit": _audit,
         }  # fmt: skip
         return commands[args.command](args)
     except (ConfigError, DataError) as exc:

@@ -95,13 +95,21 @@ secagg_weight_bound
         defaults.
     dp, clip_norm, noise_multiplier, adaptive_clipping, target_quantile, clip_lr
         ``central``: DP-FedAvg, each update clipped to L2 norm ``clip_norm`` (1.0) and Gaussian
-        noise of ``noise_multiplier`` times it added to the sum on the server; with
+        noise of ``noise_multiplier`` times it added to the sum on the server. ``distributed``
+        (with ``secure_aggregation``): each client clips, encodes and adds discrete Gaussian
+        noise itself, so that the clients a round needs add ``noise_multiplier`` times the
+        sensitivity between them, and the server sees only the noised sum. With
         ``adaptive_clipping`` the clip norm tracks the ``target_quantile`` (0.5) of update
         norms at rate ``clip_lr`` (0.2).
     delta, target_epsilon, accountant
         The accountant (``rdp`` or ``pld``, from dp-accounting) reports epsilon at ``delta``
         (default 1/N^1.1 for N clients) after every round; the run stops before a round that
         would take it past ``target_epsilon``.
+    local_dp_noise, local_dp_clip, local_dp_delta
+        Local (record-level) DP: each client trains with DP-SGD, every example's gradient
+        clipped to L2 norm ``local_dp_clip`` (1.0) and Gaussian noise of ``local_dp_noise``
+        times it added to each Poisson-sampled batch; each client reports its own epsilon at
+        ``local_dp_delta`` (1e-5, below 1/n for a client of n examples). PyTorch models only.
     out
         Folder for ``history.json``, ``model.npz`` and ``config.toml``; ``None`` writes nothing.
     """
@@ -153,6 +161,9 @@ secagg_weight_bound
     delta: float | None = None
     target_epsilon: float | None = None
     accountant: str = "rdp"
+    local_dp_noise: float | None = None
+    local_dp_clip: float | None = None
+    local_dp_delta: float | None = None
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -175,15 +186,18 @@ secagg_weight_bound
         secagg_set = [k for k in SECAGG_SETTINGS if getattr(self, k) is not None]
         if secagg_set and self.secure_aggregation is None:
             raise ConfigError(f"{_flag(secagg_set[0])} needs --secure-aggregation secagg|secagg+")
-        if self.dp not in (None, "central"):
-            raise ConfigError(f"--dp must be central, got {self.dp!r}")
+        if self.dp not in (None, "central", "distributed"):
+            raise ConfigError(f"--dp must be central or distributed, got {self.dp!r}")
         dp_set = [k for k in DP_SETTINGS if getattr(self, k) not in (None, False)]
         if dp_set and self.dp is None:
-            raise ConfigError(f"{_flag(dp_set[0])} needs --dp central")
+            raise ConfigError(f"{_flag(dp_set[0])} needs --dp central or --dp distributed")
         if self.dp is not None and self.noise_multiplier is None:
-            raise ConfigError("--dp central needs --noise-multiplier (0 for clipping alone)")
+            raise ConfigError(f"--dp {self.dp} needs --noise-multiplier (0 for clipping alone)")
+        if self.dp == "distributed":
+            _check_distributed_dp(self)
         if self.accountant not in ("rdp", "pld"):
             raise ConfigError(f"--accountant must be rdp or pld, got {self.accountant!r}")
+        _check_local_dp(self)
         if self.seed < 0:
             raise ConfigError(f"--seed must be 0 or more, got {self.seed}")
         if self.clients is not None and self.clients < 1:
@@ -221,6 +235,11 @@ secagg_weight_bound
             value = getattr(self, key)
             if value is not None:
                 sent[key] = value
+        if self.local_dp_noise is not None:
+            sent["local_dp_noise"] = self.local_dp_noise
+            sent["local_dp_clip"] = self.local_dp_clip if self.local_dp_clip is not None else 1.0
+            delta = self.local_dp_delta
+            sent["local_dp_delta"] = delta if delta is not None else 1e-5
         return sent
 
     def strategy_options(self) -> dict[str, Any]:
@@ -278,6 +297,50 @@ def _flag(name: str) -> str:
 
 def _unknown_message(unknown: list[str]) -> str:
     return f"unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(sorted(_FIELDS))}"
+
+
+def _check_local_dp(config: SimulationConfig) -> None:
+    noise, clip, delta = config.local_dp_noise, config.local_dp_clip, config.local_dp_delta
+    if noise is None:
+        if clip is not None or delta is not None:
+            flag = "--local-dp-clip" if clip is not None else "--local-dp-delta"
+            raise ConfigError(f"{flag} needs --local-dp-noise")
+        return
+    if not noise > 0:
+        raise ConfigError(
+            f"--local-dp-noise must be positive, got {noise}: DP-SGD without noise protects "
+            "nothing (0.5 to 2 is usual)"
+        )
+    if clip is not None and not clip > 0:
+        raise ConfigError(f"--local-dp-clip must be positive, got {clip}")
+    if delta is not None and not 0.0 < delta < 1.0:
+        raise ConfigError(f"--local-dp-delta must be in (0, 1), got {delta}")
+
+
+def _check_distributed_dp(config: SimulationConfig) -> None:
+    if config.secure_aggregation is None:
+        raise ConfigError(
+            "--dp distributed has each client add its share of the noise, which protects only "
+            "if the server cannot see the updates one by one; add --secure-aggregation secagg "
+            "(or secagg+)"
+        )
+    unused = [k for k in ("secagg_clip", "secagg_bits", "secagg_weight_bound")
+              if getattr(config, k) is not None]  # fmt: skip
+    if unused:
+        raise ConfigError(
+            f"{_flag(unused[0])} does not apply under --dp distributed: each update is clipped "
+            "to --clip-norm in L2 norm and scaled to fill --secagg-modulus-bits"
+        )
+    if config.adaptive_clipping:
+        raise ConfigError(
+            "--adaptive-clipping is built for --dp central only: under distributed DP its "
+            "clipped-update count would need secure aggregation and noise of its own"
+        )
+    if config.accountant != "rdp":
+        raise ConfigError(
+            "--dp distributed is accounted in zCDP, which dp-accounting composes with its RDP "
+            "accountant only; use --accountant rdp"
+        )
 
 
 def _check_types(config: SimulationConfig) -> None:

@@ -43,14 +43,14 @@ def test_adaptive_clipping_moves_the_clip_norm() -> None:
     [
         ({"strategy": "median"}, "has no such bound"),
         ({"strategy": "scaffold"}, "cannot be combined"),
-        ({"secure_aggregation": "secagg"}, "distributed DP"),
+        ({"secure_aggregation": "secagg"}, "use --dp distributed"),
         ({"delta": 0.05}, "1/N"),
         ({"accountant": "pld"}, "rdp"),
         ({"target_epsilon": 0.01}, "one round already spends"),
         ({"adaptive_clipping": True}, "below 2 \\* sigma_b"),
         (
             {"dp": None, "noise_multiplier": None, "delta": None, "clip_norm": 1.0},
-            "--clip-norm needs --dp central",
+            "--clip-norm needs --dp central or --dp distributed",
         ),
         ({"noise_multiplier": None}, "needs --noise-multiplier"),
     ],

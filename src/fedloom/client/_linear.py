@@ -132,3 +132,11 @@ class LinearTrainer:
         loss = -float(logp[np.arange(n), data.y].mean())
         accuracy = float((logp.argmax(axis=1) == data.y).mean())
         return EvalResult(loss, accuracy, n)
+
+    def example_losses(self, parameters: Vector, data: ArrayData) -> F64:
+        """Each example's cross-entropy under ``parameters`` (no L2 term), shape ``(n,)``; their
+        mean is :meth:`evaluate`'s loss. What a membership inference attack scores."""
+        weight, bias = self._split(parameters)
+        logp = _log_softmax(data.x.astype(np.float64) @ weight.T + bias)
+        out: F64 = -logp[np.arange(len(data)), data.y]
+        return out

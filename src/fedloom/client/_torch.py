@@ -7,11 +7,13 @@ rest of fedloom works without it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from fedloom.client._local_dp import BATCH_METRIC, DPSGD, STEPS_METRIC, LocalDP
 from fedloom.client._trainer import EvalResult, FitResult, proximal_mu, setting
 from fedloom.data import ArrayData
 from fedloom.messages import Config
@@ -79,6 +81,16 @@ def _add_terms(
                 p.grad.add_(p - anchor, alpha=mu)
             if corr is not None:
                 p.grad.add_(corr)
+
+
+def _shuffled(n: int, batch: int, epochs: int, rng: torch.Generator) -> Iterator[torch.Tensor]:
+    """Each epoch, a fresh permutation of ``range(n)`` cut into batches of ``batch``."""
+    import torch
+
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=rng)
+        for start in range(0, n, batch):
+            yield order[start : start + batch]
 
 
 class TorchTrainer:
@@ -190,6 +202,23 @@ class TorchTrainer:
             return self._optimizer(params, lr)
         return _SGD(list(params), lr, self._momentum)
 
+    def _private(
+        self,
+        settings: LocalDP,
+        lr: float,
+        n: int,
+        batch: int,
+        seed: int,
+        after: Callable[[], None] | None,
+    ) -> DPSGD:
+        """DP-SGD for this fit, on ``optimizer`` or SGD (Opacus wraps a ``torch.optim`` one)."""
+        params = self._model.parameters()
+        if self._optimizer is not None:
+            opt = self._optimizer(params, lr)
+        else:
+            opt = self._torch.optim.SGD(params, lr=lr, momentum=self._momentum)
+        return DPSGD(settings, self._model, opt, n, batch, seed, after)
+
     def _gradient_terms(
         self, mu: float, correction: Vector | None
     ) -> list[tuple[torch.nn.Parameter, torch.Tensor | None, torch.Tensor | None]]:
@@ -216,36 +245,51 @@ class TorchTrainer:
 
         Each step's gradient gets ``mu * (w - parameters)`` (FedProx, ``config["mu"]``) and
         ``correction`` (SCAFFOLD's ``c - c_i``) added when they are given.
+
+        Local DP (``config["local_dp_noise"]``, see :mod:`fedloom.client._local_dp`) trains with
+        DP-SGD instead: Poisson-sampled batches (each example joins each step with probability
+        B/n), per-example clipping to ``local_dp_clip`` and Gaussian noise, with the proximal
+        term and correction added after the noise. It reports ``local_dp_steps`` and
+        ``local_dp_batch`` (q·n) instead of the training loss, which would leak the records.
         """
         torch = self._torch
         lr = setting(config, "lr", self._defaults["lr"], float)
         epochs = int(setting(config, "local_epochs", self._defaults["local_epochs"], int))
         batch = int(setting(config, "batch_size", self._defaults["batch_size"], int))
         mu = proximal_mu(config)
+        private = LocalDP.from_config(config)
         self.load(parameters)
         terms = self._gradient_terms(mu, correction) if mu or correction is not None else []
         x, y = self._tensors_of(data)
         n = len(data)
         torch.random.default_generator.manual_seed(seed)  # dropout and other random layers
         order_rng = torch.Generator().manual_seed(seed)
-        opt = self._make_optimizer(lr)
         model = self._model
         model.train()
-        loss_sum = 0.0
-        steps = 0
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=order_rng)
-            for start in range(0, n, batch):
-                idx = order[start : start + batch]
+        opt: _Stepper
+        dpsgd: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if private is not None and n:
+            after = (lambda: _add_terms(terms, mu)) if terms else None
+            dpsgd = dp = self._private(private, lr, n, batch, seed, after)
+            opt, batches = dp.optimizer, dp.batches(epochs)
+        else:
+            opt, batches = self._make_optimizer(lr), _shuffled(n, batch, epochs, order_rng)
+        loss_sum, seen, steps = 0.0, 0, 0
+        with dpsgd:
+            for idx in batches:
                 opt.zero_grad()
                 loss = self._loss_fn(model(x[idx]), y[idx])
                 loss.backward()  # type: ignore[no-untyped-call]
-                if terms:
+                if terms and private is None:  # with DP-SGD: after the noise, in its step
                     _add_terms(terms, mu)
                 opt.step()
                 steps += 1
-                loss_sum += float(loss.item()) * len(idx)
-        metrics = {"train_loss": loss_sum / max(n * epochs, 1)}
+                if len(idx):  # a Poisson batch may be empty
+                    loss_sum += float(loss.item()) * len(idx)
+                    seen += len(idx)
+        metrics = {"train_loss": loss_sum / max(seen, 1)}
+        if private is not None:
+            metrics = {STEPS_METRIC: steps, BATCH_METRIC: min(batch, n)}
         return FitResult(self.parameters(), n, metrics, steps=steps, lr=lr)
 
     def evaluate(self, parameters: Vector, data: ArrayData) -> EvalResult:
@@ -265,3 +309,26 @@ class TorchTrainer:
                 loss_sum += float(self._loss_fn(out, yb).item()) * len(yb)
                 correct += int((out.argmax(dim=1) == yb).sum().item())
         return EvalResult(loss_sum / n, correct / n, n)
+
+    def example_losses(self, parameters: Vector, data: ArrayData) -> np.ndarray:
+        """Each example's loss under ``parameters``, shape ``(n,)``; their mean is
+        :meth:`evaluate`'s loss. What a membership inference attack scores. The default
+        cross-entropy runs batched; a custom ``loss_fn`` is called on one example at a time."""
+        torch = self._torch
+        self.load(parameters)
+        x, y = self._tensors_of(data)
+        model = self._model
+        model.eval()
+        batched = self._loss_fn is torch.nn.functional.cross_entropy
+        parts = [torch.zeros(0, dtype=torch.float64)]
+        with torch.no_grad():
+            for start in range(0, len(data), 4096):
+                out, yb = model(x[start : start + 4096]), y[start : start + 4096]
+                if batched:
+                    ce = torch.nn.functional.cross_entropy(out, yb, reduction="none")
+                    parts.append(ce.double())
+                else:
+                    each = [self._loss_fn(out[i : i + 1], yb[i : i + 1]) for i in range(len(yb))]
+                    parts.append(torch.stack(each).double().reshape(-1))
+        losses: np.ndarray = torch.cat(parts).numpy()
+        return losses

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from fedloom.errors import ClientError, ConfigError
 from fedloom.messages import Instruction, Reply
+from fedloom.privacy._discrete import discrete_gaussian
 from fedloom.secagg._crypto import (
     KeyPair,
     TamperedError,
@@ -39,6 +40,7 @@ from fedloom.secagg._protocol import (
     SHARE,
     SHARE_INFO,
     UNMASK,
+    DistributedNoise,
     SecAggSettings,
     mask_sign,
     unpack_ids,
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "encode_input",
+    "encode_noised",
     "held_secrets",
     "pairwise_mask_seed",
     "pairwise_mask_seeds",
@@ -87,12 +90,42 @@ def encode_input(
     """The integer vector a client masks: ``encode(w/W * delta)`` followed by ``w`` itself.
 
     ``w`` is the example count capped at the weight bound W, so the sum carries the weighted
-    sum of the updates and the sum of the weights, and nothing else.
+    sum of the updates and the sum of the weights, and nothing else. Under distributed DP
+    (``settings.noise``) it is :func:`encode_noised` instead, with weight 1.
     """
+    if settings.noise is not None:
+        return encode_noised(delta, settings.noise, settings.encoding.modulus_bits)
     weight = min(num_examples, settings.weight_bound)
     scaled = delta.astype(np.float64) * (weight / settings.weight_bound)
     body = settings.encoding.encode(scaled)
     return np.concatenate([body, np.array([weight], dtype=np.uint64)])
+
+
+def encode_noised(
+    delta: npt.NDArray[np.floating],
+    noise: DistributedNoise,
+    modulus_bits: int,
+    rng: np.random.Generator | None = None,
+) -> U64:
+    """Distributed DP's client step: scale ``delta`` down to L2 norm at most ``clip_norm``,
+    multiply by ``scale``, round to the nearest integer, add discrete Gaussian noise of
+    standard deviation ``sigma``, and store in two's complement mod ``2**modulus_bits``,
+    followed by a weight of 1. ``rng`` defaults to a generator seeded from the operating
+    system's random source (numpy's PCG64: statistically sound, not a cryptographic RNG).
+    """
+    floats = np.asarray(delta, dtype=np.float64)
+    bad = np.count_nonzero(~np.isfinite(floats))
+    if bad:
+        raise ValueError(f"cannot encode non-finite values: {bad} NaN or infinite entries")
+    norm = float(np.linalg.norm(floats))
+    factor = noise.scale * min(1.0, noise.clip_norm / norm) if norm > 0 else noise.scale
+    ints = np.rint(floats * factor).astype(np.int64)
+    if noise.sigma > 0:
+        rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
+        ints += discrete_gaussian(noise.sigma, ints.shape[0], rng)
+    mask = np.uint64((1 << modulus_bits) - 1)
+    body = ints.astype(np.uint64) & mask
+    return np.concatenate([body, np.array([1], dtype=np.uint64)])
 
 
 def share_associated_data(round: int, sender: str, recipient: str) -> bytes:

@@ -43,6 +43,7 @@ __all__ = [
     "PHASES",
     "RELEASED_BYTES",
     "SEALED_BYTES",
+    "DistributedNoise",
     "SecAggSettings",
     "mask_sign",
     "pack_ids",
@@ -65,6 +66,35 @@ MASK_INFO = b"fedloom secagg pairwise mask"
 
 
 @dataclass(frozen=True)
+class DistributedNoise:
+    """Distributed DP's encoding: what each client does to its update instead of the fixed-point
+    encoding's per-value clip (see :mod:`fedloom.privacy._discrete` for the guarantee).
+
+    Parameters
+    ----------
+    clip_norm
+        C: the update is scaled down to L2 norm at most C.
+    scale
+        s: integer steps per unit; the clipped update times s is rounded to the nearest integer.
+    sigma
+        The standard deviation, in integer steps, of the discrete Gaussian noise each client adds
+        to every coordinate; 0 adds none.
+    """
+
+    clip_norm: float
+    scale: float
+    sigma: float
+
+    def __post_init__(self) -> None:
+        for name in ("clip_norm", "scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"distributed DP {name} must be positive, got {value}")
+        if not (math.isfinite(self.sigma) and self.sigma >= 0):
+            raise ConfigError(f"distributed DP sigma must be 0 or more, got {self.sigma}")
+
+
+@dataclass(frozen=True)
 class SecAggSettings:
     """The parameters of the protocol, the same on the server and every client.
 
@@ -83,12 +113,17 @@ class SecAggSettings:
     weight_bound
         W: a client's weight is its example count capped at W; it sends ``w/W * update``, so
         the encoded values stay within the clip range, and ``w`` as an exact integer.
+    noise
+        Distributed DP: each client L2-clips, scales and rounds its update and adds discrete
+        Gaussian noise, with weight 1 (the encoding's clip, bits and W are then unused; only its
+        modulus bits count).
     """
 
     threshold: float = 2 / 3
     degree: int | None = None
     encoding: FixedPoint = field(default_factory=FixedPoint)
     weight_bound: int = 1000
+    noise: DistributedNoise | None = None
 
     def __post_init__(self) -> None:
         if not 0.5 < self.threshold <= 1.0:
@@ -115,6 +150,15 @@ class SecAggSettings:
             "secagg.bits": enc.bits,
             "secagg.modulus_bits": enc.modulus_bits,
             "secagg.weight_bound": self.weight_bound,
+            **(
+                {
+                    "secagg.dp_clip": self.noise.clip_norm,
+                    "secagg.dp_scale": self.noise.scale,
+                    "secagg.dp_sigma": self.noise.sigma,
+                }
+                if self.noise is not None
+                else {}
+            ),
         }
 
     @classmethod
@@ -122,6 +166,13 @@ class SecAggSettings:
         """The settings a client was sent; a clear error when they are missing or malformed."""
         try:
             degree = int(config["secagg.degree"])
+            noise = None
+            if "secagg.dp_scale" in config:
+                noise = DistributedNoise(
+                    float(config["secagg.dp_clip"]),
+                    float(config["secagg.dp_scale"]),
+                    float(config["secagg.dp_sigma"]),
+                )
             return cls(
                 threshold=float(config["secagg.threshold"]),
                 degree=degree or None,
@@ -131,6 +182,7 @@ class SecAggSettings:
                     int(config["secagg.modulus_bits"]),
                 ),
                 weight_bound=int(config["secagg.weight_bound"]),
+                noise=noise,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"secure aggregation settings missing or malformed: {exc}") from None

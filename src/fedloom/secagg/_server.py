@@ -99,10 +99,19 @@ class SecAggRound:
         Threshold, degree, encoding and weight bound, sent to every client.
     seed
         Seeds SecAgg+'s neighbour graph (a fresh graph each round).
+    denominator
+        Under distributed DP (``settings.noise``): the noised sum of the clipped updates is
+        divided by this fixed number (the clients a round expects, as in DP-FedAvg) rather than
+        by the number that took part; ``None`` divides by the latter.
+    min_contributors
+        Under distributed DP: the fewest masked inputs (and so the least noise) a round may
+        unmask; with fewer, it fails before anything is unmasked.
     """
 
     settings: SecAggSettings = field(default_factory=SecAggSettings)
     seed: int = 0
+    denominator: int | None = None
+    min_contributors: int = 0
 
     def init(self, parameters: Vector) -> None:
         return None
@@ -204,6 +213,14 @@ class SecAggRound:
             np.add(total, np.frombuffer(raw, dtype=word), out=total)
             u3.append(reply.client_id)
         self._enough(ctx.round, MASKED, len(u3), least)
+        if len(u3) < self.min_contributors:
+            raise RoundFailedError(
+                ctx.round,
+                MASKED,
+                len(u3),
+                self.min_contributors,
+                "distributed DP needs the noise of this many clients; nothing was unmasked",
+            )
 
         # 4. unmask
         survivors = frozenset(u3)
@@ -257,9 +274,15 @@ class SecAggRound:
                 prg_into(seed, total, subtract=mask_sign(u, v) > 0)
 
         total = total.astype(np.uint64) & np.uint64((1 << k) - 1)
-        weight = float(int(total[-1]))
-        summed = settings.encoding.decode_sum(total[:-1], len(u3))
-        mean = summed * (settings.weight_bound / weight) if weight > 0 else summed * 0.0
+        if settings.noise is not None:
+            shift = 64 - k  # sign-extend bit k-1: the noised sum is read as signed
+            signed = (total[:-1] << np.uint64(shift)).view(np.int64) >> shift
+            weight = float(len(u3))
+            mean = signed / (settings.noise.scale * (self.denominator or len(u3)))
+        else:
+            weight = float(int(total[-1]))
+            summed = settings.encoding.decode_sum(total[:-1], len(u3))
+            mean = summed * (settings.weight_bound / weight) if weight > 0 else summed * 0.0
         log.info(
             "round %d: secure sum of %d clients (%d dropped after sharing)",
             ctx.round,

@@ -113,7 +113,7 @@ def run_rounds(
     stop: Callable[[History], bool] | None = None,
     resume: LoopState | None = None,
     on_commit: Commit | None = None,
-    round_metrics: Callable[[int, Any], Mapping[str, float]] | None = None,
+    round_metrics: Callable[[int, RoundOutcome], Mapping[str, float]] | None = None,
 ) -> RunResult:
     """Train for ``rounds`` rounds and return the final model and the history.
 
@@ -126,8 +126,8 @@ def run_rounds(
     ``stop``, when given, is asked after every round and ends the run early when it says so.
     ``resume`` continues a run after its last completed round, with its history and the
     strategy's states; ``on_commit`` is given each new state (to persist it) before the next
-    round starts. ``round_metrics(round, aggregator_state)`` adds metrics to each round's record
-    (the privacy spent, say).
+    round starts. ``round_metrics(round, outcome)`` adds metrics to each round's record (the
+    privacy spent, say).
 
     Raises
     ------
@@ -184,7 +184,7 @@ def run_rounds(
             seconds=time.perf_counter() - started,
             metrics={
                 **{k: v for k, v in metrics.items() if k != "train_loss"},
-                **(round_metrics(round, agg_state) if round_metrics is not None else {}),
+                **(round_metrics(round, outcome) if round_metrics is not None else {}),
             },
         )
         history = history.append(record)

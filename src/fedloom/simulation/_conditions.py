@@ -1,7 +1,8 @@
 """Simulated conditions: clients that drop out and stragglers, as a wrapper around any fleet.
 
-Each round, the first time a ``"fit"`` exchange of that round comes through, the wrapper draws
-over the sorted ids of the instructed clients (``n`` of them):
+Each round, the first time a training exchange of that round comes through (``"fit"``, or
+``"secagg.keys"``, where clients train under secure aggregation), the wrapper draws over the
+sorted ids of the instructed clients (``n`` of them):
 
 - exactly ``round_half_up(dropout * n)`` clients **drop out**: they receive nothing and answer
   nothing for the rest of that round, in any phase;
@@ -39,6 +40,8 @@ log = logging.getLogger("fedloom.simulation")
 
 _DROPOUT_TAG = 0x64726F70  # b"drop": the two draws use independent streams
 _STRAGGLER_TAG = 0x736C6F77  # b"slow"
+TRAINING_PHASES = ("fit", "secagg.keys")
+"""The phases in which clients train: plain rounds fit, secure aggregation advertises keys."""
 _KEEP_ROUNDS = 8  # records of the last rounds kept for round_conditions
 
 
@@ -150,7 +153,8 @@ class SimulatedConditions:
             dropped, conditions = found
             if client_id in dropped:
                 continue
-            epochs = conditions.stragglers.get(client_id) if ins.phase == "fit" else None
+            training = ins.phase in TRAINING_PHASES
+            epochs = conditions.stragglers.get(client_id) if training else None
             if epochs is None:
                 passed[client_id] = ins
             elif self._policy == "keep":
@@ -167,24 +171,27 @@ class SimulatedConditions:
         Raises
         ------
         KeyError
-            If no fit exchange of ``round`` was seen, or the round is too old to be kept.
+            If no training exchange of ``round`` was seen, or the round is too old to be kept.
         """
         if round not in self._rounds:
             raise KeyError(
                 f"no conditions recorded for round {round}; they are drawn at the round's first "
-                f"fit exchange and kept for the last {_KEEP_ROUNDS} rounds"
+                f"training exchange and kept for the last {_KEEP_ROUNDS} rounds"
             )
         return self._rounds[round]
 
     def _conditions(
         self, round: int, phase: str, instructions: Mapping[str, Instruction]
     ) -> RoundConditions | None:
-        """The round's conditions; drawn now at its first fit, ``None`` before then."""
+        """The round's conditions; drawn now at its first training exchange, ``None`` before
+        then."""
         if round in self._rounds:
             return self._rounds[round]
-        if phase != "fit":
+        if phase not in TRAINING_PHASES:
             return None
-        fits = {c: i for c, i in instructions.items() if i.round == round and i.phase == "fit"}
+        fits = {
+            c: i for c, i in instructions.items() if i.round == round and i.phase in TRAINING_PHASES
+        }
         conditions = self._draw(round, fits)
         self._rounds[round] = conditions
         while len(self._rounds) > _KEEP_ROUNDS:

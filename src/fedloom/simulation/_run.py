@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,15 +12,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedloom._io import atomic_write
-from fedloom.client import EvalResult, Trainer, make_trainer
+from fedloom.client import EvalResult, TorchTrainer, Trainer, make_trainer
+from fedloom.client._local_dp import LocalDP, local_dp_app
 from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig
 from fedloom.data import FederatedDataset, load_dataset
 from fedloom.errors import ConfigError
 from fedloom.params import Vector
 from fedloom.privacy import Mechanism, PrivacyLedger, check_delta
 from fedloom.privacy._central import AdaptiveClipping, ClipState, DPMean
+from fedloom.privacy._discrete import DistributedLedger, integer_l2_sensitivity
 from fedloom.secagg import FixedPoint, SecAggRound, SecAggSettings
 from fedloom.secagg._graph import secagg_plus_degree
+from fedloom.secagg._protocol import DistributedNoise
 from fedloom.server import Fleet, RunResult, run_rounds
 from fedloom.simulation._attack import Attack, attacked_app
 from fedloom.simulation._conditions import SimulatedConditions
@@ -29,6 +33,7 @@ from fedloom.strategy import (
     CountSampler,
     FractionSampler,
     PlainRound,
+    RoundOutcome,
     Sampler,
     Strategy,
     WeightedMean,
@@ -76,14 +81,16 @@ def _fleet(
 ) -> tuple[Fleet, dict[str, Any]]:
     """The in-process fleet, with attackers, dropout and stragglers as the settings ask."""
     info: dict[str, Any] = {}
-    app = None
+    app = local_dp_app() if cfg.local_dp_noise is not None else None
     if cfg.attack is not None:
         attack = Attack.parse(cfg.attack)
         if cfg.attack_scale is not None:
             attack = dataclasses.replace(attack, scale=cfg.attack_scale)
         ids = [str(i) for i in range(ds.num_clients)]
         malicious = attack.choose(ids, cfg.seed)
-        app = attacked_app(attack, malicious, num_classes=ds.num_classes, cohort_size=cohort)
+        app = attacked_app(
+            attack, malicious, num_classes=ds.num_classes, cohort_size=cohort, base=app
+        )
         info = {"attack": cfg.attack, "malicious_clients": list(malicious)}
     elif cfg.attack_scale is not None:
         raise ConfigError("--attack-scale needs --attack KIND:FRACTION")
@@ -148,7 +155,7 @@ def with_secure_aggregation(strategy: Strategy, cfg: SimulationConfig, cohort: i
         ),
         weight_bound=cfg.secagg_weight_bound or defaults.weight_bound,
     )
-    if cohort > settings.encoding.max_summands():
+    if cfg.dp != "distributed" and cohort > settings.encoding.max_summands():
         raise ConfigError(
             f"{cohort} clients per round could overflow the {settings.encoding.modulus_bits}-bit "
             f"sum of {settings.encoding.bits}-bit values; raise --secagg-modulus-bits or lower "
@@ -159,7 +166,9 @@ def with_secure_aggregation(strategy: Strategy, cfg: SimulationConfig, cohort: i
                                mechanism=mechanism)  # fmt: skip
 
 
-def _stopper(cfg: SimulationConfig, privacy: CentralPrivacy | None) -> Callable[[History], bool]:
+def _stopper(
+    cfg: SimulationConfig, privacy: CentralPrivacy | DistributedPrivacy | None
+) -> Callable[[History], bool]:
     """Stop at the target accuracy, or before a round that would pass the target epsilon."""
 
     def stop(history: History) -> bool:
@@ -179,8 +188,9 @@ class CentralPrivacy:
     ledger: PrivacyLedger
     target_epsilon: float | None
 
-    def metrics(self, round: int, aggregator_state: Any) -> dict[str, float]:
+    def metrics(self, round: int, outcome: RoundOutcome) -> dict[str, float]:
         out = {"epsilon": self.ledger.spent(round)}
+        aggregator_state = outcome.aggregator_state
         if isinstance(aggregator_state, ClipState):
             out["clip_norm"] = aggregator_state.clip_norm
             out["unclipped_fraction"] = aggregator_state.clipped_fraction
@@ -190,6 +200,82 @@ class CentralPrivacy:
         """Would one more round take epsilon past the target?"""
         target = self.target_epsilon
         return target is not None and self.ledger.would_exceed(completed + 1, target)
+
+
+@dataclass(frozen=True)
+class DistributedPrivacy:
+    """Distributed DP's accounting: epsilon from the clients whose noise reached each round's
+    sum, and the budget."""
+
+    ledger: DistributedLedger
+    target_epsilon: float | None
+
+    def metrics(self, round: int, outcome: RoundOutcome) -> dict[str, float]:
+        return {"epsilon": self.ledger.record(outcome.aggregate.count)}
+
+    def exhausted(self, completed: int) -> bool:
+        """Would one more round, with the fewest clients it may complete with, pass the target?"""
+        target = self.target_epsilon
+        return target is not None and self.ledger.would_exceed(target)
+
+
+def distributed_noise(
+    clip_norm: float, noise_multiplier: float, cohort: int, least: int, dim: int, modulus_bits: int
+) -> tuple[DistributedNoise, float]:
+    """Distributed DP's encoding for a round of ``cohort`` clients that needs ``least`` of them,
+    and its L2 sensitivity in integer steps.
+
+    Each client adds discrete Gaussian noise of ``sigma = z·Delta2 / sqrt(least - 1)``, so that
+    any ``least - 1`` honest clients besides the one protected add noise of at least ``z``
+    times the sensitivity. The scale fills half of the signed range mod 2^k with the sum of
+    ``cohort`` clipped updates plus 8 standard deviations of the summed noise, so the sum does
+    not wrap; the rounding's share of the sensitivity (``sqrt(d)/2``) must stay small beside
+    ``scale·C``.
+    """
+    contributors = max(1, least - 1)
+    headroom = cohort + 8.0 * noise_multiplier * math.sqrt(cohort / contributors)
+    scale = ((1 << (modulus_bits - 1)) - 1) / (2.0 * clip_norm * headroom)
+    if scale * clip_norm < 20.0 * math.sqrt(dim):
+        raise ConfigError(
+            f"--secagg-modulus-bits {modulus_bits} leaves too few integer steps for {cohort} "
+            f"clients' updates of {dim} values under distributed DP: rounding would dominate the "
+            "sensitivity; raise --secagg-modulus-bits (up to 64)"
+        )
+    sensitivity = integer_l2_sensitivity(clip_norm, scale, dim)
+    sigma = noise_multiplier * sensitivity / math.sqrt(contributors)
+    return DistributedNoise(clip_norm, scale, sigma), sensitivity
+
+
+def with_distributed_dp(
+    strategy: Strategy, cfg: SimulationConfig, cohort: int, population: int, dim: int
+) -> tuple[Strategy, DistributedPrivacy]:
+    """``strategy`` under secure aggregation, each client adding its share of discrete Gaussian
+    noise; refused where it cannot be."""
+    secure = with_secure_aggregation(strategy, cfg, cohort)
+    mechanism = secure.mechanism
+    assert isinstance(mechanism, SecAggRound)
+    delta = cfg.delta if cfg.delta is not None else population**-1.1
+    check_delta(delta, population)
+    least = max(mechanism.least_survivors(cohort), 2)
+    z = cfg.noise_multiplier or 0.0
+    clip = cfg.clip_norm or 1.0
+    k = mechanism.settings.encoding.modulus_bits
+    noise, sensitivity = distributed_noise(clip, z, cohort, least, dim, k)
+    mechanism = dataclasses.replace(
+        mechanism,
+        settings=dataclasses.replace(mechanism.settings, noise=noise),
+        denominator=cohort,
+        min_contributors=least,
+    )
+    ledger = DistributedLedger(sensitivity, noise.sigma, dim, delta, least)
+    privacy = DistributedPrivacy(ledger, cfg.target_epsilon)
+    if cfg.target_epsilon is not None and privacy.exhausted(0):
+        raise ConfigError(
+            f"one round with {least} clients already spends more than --target-epsilon "
+            f"{cfg.target_epsilon}; raise --noise-multiplier"
+        )
+    name = f"ddp-{strategy.name}+{cfg.secure_aggregation}"
+    return dataclasses.replace(secure, name=name, mechanism=mechanism), privacy
 
 
 def with_central_dp(
@@ -207,7 +293,7 @@ def with_central_dp(
     if cfg.secure_aggregation is not None:
         raise ConfigError(
             "--dp central clips each update on the server, which secure aggregation hides; "
-            "distributed DP (clients add the noise) is not built yet"
+            "use --dp distributed, where each client clips and adds its share of the noise"
         )
     adaptive = None
     if cfg.adaptive_clipping:
@@ -232,6 +318,19 @@ def with_central_dp(
         )
     name = f"dp-{strategy.name}"
     return dataclasses.replace(strategy, name=name, aggregator=aggregator), privacy
+
+
+def check_local_dp(cfg: SimulationConfig, trainer: Trainer, ds: FederatedDataset) -> None:
+    """Refuse local DP where it cannot run: a trainer without DP-SGD, a delta too large."""
+    if not isinstance(trainer, TorchTrainer):
+        raise ConfigError(
+            f"--local-dp-noise trains each client with DP-SGD (Opacus), which needs a PyTorch "
+            f"model; the {cfg.model} model's {type(trainer).__name__} has none: use --model mlp "
+            f"or cnn, or bring a TorchTrainer"
+        )
+    settings = LocalDP.from_config(cfg.client_config())
+    if settings is not None:
+        settings.check_delta(int(ds.client_sizes().max(initial=0)))  # the largest client
 
 
 @contextlib.contextmanager
@@ -314,11 +413,15 @@ def simulate(
     st = strategy or make_strategy(
         cfg.strategy, sampler_for(cfg, ds.num_clients), **cfg.strategy_options()
     )
+    if cfg.local_dp_noise is not None:
+        check_local_dp(cfg, tr, ds)
     cohort = cohort_size(cfg, ds.num_clients)
-    privacy: CentralPrivacy | None = None
-    if cfg.dp is not None:
+    privacy: CentralPrivacy | DistributedPrivacy | None = None
+    if cfg.dp == "central":
         st, privacy = with_central_dp(st, cfg, cohort, ds.num_clients)
-    if cfg.secure_aggregation is not None:
+    if cfg.dp == "distributed":
+        st, privacy = with_distributed_dp(st, cfg, cohort, ds.num_clients, tr.spec.size)
+    elif cfg.secure_aggregation is not None:
         st = with_secure_aggregation(st, cfg, cohort)
     fleet, run_info = _fleet(cfg, ds, tr, st, cohort=cohort, custom_trainer=trainer is not None)
     test = ds.test
