@@ -95,8 +95,6 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
     sec.add_argument("--secagg-bits", type=int, help="fixed-point bits per value (20)")
     sec.add_argument("--secagg-modulus-bits", type=int, help="sums modulo 2^k (32)")
     sec.add_argument("--secagg-weight-bound", type=int, help="example count cap per client (1000)")
-    if not simulation:
-        return
     dp = sim.add_argument_group("differential privacy (user level)")
     dp.add_argument(
         "--dp",
@@ -117,6 +115,8 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
     dp.add_argument("--delta", type=float, help="the delta epsilon is reported at (1/N^1.1)")
     dp.add_argument("--target-epsilon", type=float, help="stop before epsilon passes this")
     dp.add_argument("--accountant", choices=("rdp", "pld"), help="dp-accounting's (rdp)")
+    if not simulation:
+        return
     local = sim.add_argument_group("differential privacy (record level, on each client)")
     local.add_argument("--local-dp-noise", type=float, help="DP-SGD: noise std / clip, z")
     local.add_argument("--local-dp-clip", type=float, help="L2 bound per example gradient (1.0)")

@@ -166,7 +166,7 @@ def with_secure_aggregation(strategy: Strategy, cfg: SimulationConfig, cohort: i
                                mechanism=mechanism)  # fmt: skip
 
 
-def _stopper(
+def stopper(
     cfg: SimulationConfig, privacy: CentralPrivacy | DistributedPrivacy | None
 ) -> Callable[[History], bool]:
     """Stop at the target accuracy, or before a round that would pass the target epsilon."""
@@ -212,6 +212,11 @@ class DistributedPrivacy:
 
     def metrics(self, round: int, outcome: RoundOutcome) -> dict[str, float]:
         return {"epsilon": self.ledger.record(outcome.aggregate.count)}
+
+    def replay(self, history: History) -> None:
+        """Record the rounds of a resumed run, from how many clients each one summed."""
+        for record in history:
+            self.ledger.record(record.clients)
 
     def exhausted(self, completed: int) -> bool:
         """Would one more round, with the fewest clients it may complete with, pass the target?"""
@@ -279,9 +284,18 @@ def with_distributed_dp(
 
 
 def with_central_dp(
-    strategy: Strategy, cfg: SimulationConfig, cohort: int, population: int
+    strategy: Strategy,
+    cfg: SimulationConfig,
+    cohort: int,
+    population: int,
+    *,
+    amplified: bool = True,
 ) -> tuple[Strategy, CentralPrivacy]:
-    """``strategy`` with DP-FedAvg's clipped, noised mean; refused where it cannot be."""
+    """``strategy`` with DP-FedAvg's clipped, noised mean; refused where it cannot be.
+
+    ``amplified=False`` accounts every round as if all ``population`` clients took part (no
+    credit for sampling): the safe choice where the cohort is drawn from whoever is connected
+    rather than from all ``population`` users (a deployment)."""
     if not isinstance(strategy.aggregator, WeightedMean):
         raise ConfigError(
             f"--dp central bounds each client's influence on a mean; {strategy.name}'s "
@@ -308,8 +322,11 @@ def with_central_dp(
     aggregator = DPMean(cfg.clip_norm or 1.0, z, cohort, adaptive, seed=cfg.seed)
     delta = cfg.delta if cfg.delta is not None else population**-1.1
     check_delta(delta, population)
-    sampling = "all" if cohort >= population else "fixed-size-without-replacement"
-    ledger = PrivacyLedger(Mechanism(z, sampling, population, cohort), delta, cfg.accountant)
+    if amplified and cohort < population:
+        mechanism = Mechanism(z, "fixed-size-without-replacement", population, cohort)
+    else:
+        mechanism = Mechanism(z, "all", population, population)
+    ledger = PrivacyLedger(mechanism, delta, cfg.accountant)
     privacy = CentralPrivacy(ledger, cfg.target_epsilon)
     if cfg.target_epsilon is not None and privacy.exhausted(0):
         raise ConfigError(
@@ -450,7 +467,7 @@ def simulate(
                 spec=tr.spec,
                 on_round=bar,
                 run_info=run_info,
-                stop=_stopper(cfg, privacy),
+                stop=stopper(cfg, privacy),
                 round_metrics=privacy.metrics if privacy is not None else None,
             )
     finally:

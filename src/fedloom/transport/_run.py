@@ -28,7 +28,15 @@ from fedloom.data._files import _leaf_users, find_mnist_files
 from fedloom.errors import ConfigError, DataError, RoundFailedError
 from fedloom.params import ParamSpec, Vector
 from fedloom.server import LoopState, Participation, RunResult, RunStore, run_rounds
-from fedloom.simulation._run import sampler_for, with_secure_aggregation
+from fedloom.simulation._run import (
+    CentralPrivacy,
+    DistributedPrivacy,
+    sampler_for,
+    stopper,
+    with_central_dp,
+    with_distributed_dp,
+    with_secure_aggregation,
+)
 from fedloom.strategy import RoundOutcome, make_strategy
 from fedloom.transport._certs import credentials, revoked
 from fedloom.transport._client import ClientOptions, run_client
@@ -130,8 +138,30 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
             sampler_for(cfg, cfg.clients_per_round or cfg.min_clients),
             **cfg.strategy_options(),
         )
-        if cfg.secure_aggregation is not None:
-            cohort = cfg.clients_per_round or cfg.clients or cfg.min_clients
+        cohort = cfg.clients_per_round or cfg.clients or cfg.min_clients
+        privacy: CentralPrivacy | DistributedPrivacy | None = None
+        if cfg.local_dp_noise is not None:
+            raise ConfigError(
+                "local DP is a client's own promise to its records, so a client must set it, "
+                "not the server; fedloom client has no local DP settings yet"
+            )
+        if cfg.dp is not None and cfg.clients is None:
+            raise ConfigError(
+                f"--dp {cfg.dp} needs --clients N, the number of users in the federation: delta "
+                "must stay below 1/N"
+            )
+        if cfg.dp == "central":
+            # the cohort comes from whoever is connected, so no credit for sampling is taken
+            strategy, privacy = with_central_dp(
+                strategy, cfg, cohort, cfg.clients or cohort, amplified=False
+            )
+        if cfg.dp == "distributed":
+            strategy, distributed = with_distributed_dp(
+                strategy, cfg, cohort, cfg.clients or cohort, trainer.spec.size
+            )
+            distributed.replay(state.history)
+            privacy = distributed
+        elif cfg.secure_aggregation is not None:
             strategy = with_secure_aggregation(strategy, cfg, cohort)
         fleet = GrpcFleet(run_id, heartbeat_timeout=net.heartbeat_timeout)
         options = ServerOptions(
@@ -178,6 +208,8 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                 spec=trainer.spec,
                 resume=resume,
                 on_commit=commit,
+                stop=stopper(cfg, privacy),
+                round_metrics=privacy.metrics if privacy is not None else None,
             )
         finally:
             fleet.finish()
