@@ -27,6 +27,8 @@ from fedloom.privacy import (
     epsilon,
     membership_attack,
 )
+from fedloom.privacy._discrete import ddg_epsilon, ddg_rho
+from fedloom.simulation._run import distributed_noise
 from fedloom.strategy import CountSampler
 
 # ------------------------------------------------------------------------------- the attack
@@ -307,6 +309,24 @@ def test_a_dp_run_reports_its_epsilon_and_the_ceiling(
     out = capsys.readouterr().out
     assert f"DP ceiling       {report.ceiling:.3f}" in out
     assert ("at replace-one epsilon" in out) == (fraction is None)
+
+
+def test_a_distributed_dp_run_takes_its_ceiling_at_twice_the_sensitivity(tmp_path: Path) -> None:
+    # Prepare: 10 clients under SecAgg (a round needs 6), z = 2, delta 1e-3
+    fedloom.simulate(dataset="digits", model="logreg", clients=10, rounds=3, dp="distributed",
+                     secure_aggregation="secagg", noise_multiplier=2.0, delta=1e-3,
+                     out=str(tmp_path))  # fmt: skip
+    noise, sensitivity = distributed_noise(1.0, 2.0, cohort=10, least=6, dim=650, modulus_bits=32)
+    rho = ddg_rho(sensitivity, None, noise.sigma, 9, 650)
+    rho_replace = ddg_rho(2 * sensitivity, None, noise.sigma, 9, 650)
+
+    # Execute
+    report = audit_run(tmp_path)
+
+    # Assert: replacing a client's data moves the integer sum by up to twice the sensitivity
+    assert report.epsilon == pytest.approx(ddg_epsilon([rho] * 3, 1e-3), rel=1e-9)
+    assert report.ceiling_epsilon == pytest.approx(ddg_epsilon([rho_replace] * 3, 1e-3), rel=1e-9)
+    assert report.ceiling_epsilon > report.epsilon
 
 
 @pytest.fixture(scope="module")

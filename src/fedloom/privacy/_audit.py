@@ -340,7 +340,7 @@ def audit_run(
     member_losses = tr.example_losses(checkpoint.parameters, members.subset(keep_m))
     other_losses = tr.example_losses(checkpoint.parameters, others.subset(keep_o))
     attack = membership_attack(member_losses, other_losses, seed=seed)
-    eps, delta, ceiling_eps = _privacy(cfg, history, ds.num_clients)
+    eps, delta, ceiling_eps = _privacy(cfg, history, ds.num_clients, tr.spec.size)
     return RunAudit(
         attack=attack,
         clients=tuple(clients),
@@ -479,7 +479,7 @@ def _concat(parts: Sequence[ArrayData]) -> ArrayData:
 
 
 def _privacy(
-    cfg: SimulationConfig, history: History, population: int
+    cfg: SimulationConfig, history: History, population: int, dim: int
 ) -> tuple[float | None, float | None, float | None]:
     """(the run's final epsilon, its delta, the replace-one epsilon the ceiling uses)."""
     if cfg.dp is None:
@@ -490,6 +490,8 @@ def _privacy(
     if spent is None:
         raise DataError("the settings turn DP on but history.json records no epsilon")
     delta = cfg.delta if cfg.delta is not None else population**-1.1
+    if cfg.dp == "distributed":
+        return float(spent), delta, _distributed_replace_one(cfg, history, population, dim)
     if cohort_size(cfg, population) < population:
         return float(spent), delta, float(spent)  # fixed-size sampling: accounted replace-one
     z = cfg.noise_multiplier or 0.0  # set whenever dp is (the settings check it)
@@ -497,3 +499,22 @@ def _privacy(
     # clipped sum by up to 2C, i.e. noise multiplier z/2 for the same Gaussian mechanism
     replace_one = Mechanism(z / 2, "all", population, population)
     return float(spent), delta, epsilon(replace_one, len(history), delta, cfg.accountant)
+
+
+def _distributed_replace_one(
+    cfg: SimulationConfig, history: History, population: int, dim: int
+) -> float:
+    """Distributed DP's epsilon for replacing one client's data: the run's own ledger (the same
+    noise, the same contributors per round) at twice the L2 sensitivity."""
+    from fedloom.privacy._discrete import DistributedLedger
+    from fedloom.simulation._run import cohort_size, sampler_for, with_distributed_dp
+    from fedloom.strategy import make_strategy
+
+    strategy = make_strategy(cfg.strategy, sampler_for(cfg, population), **cfg.strategy_options())
+    cohort = cohort_size(cfg, population)
+    _, privacy = with_distributed_dp(strategy, cfg, cohort, population, dim)
+    run = privacy.ledger
+    ledger = DistributedLedger(2 * run.l2_sensitivity, run.sigma, dim, run.delta, run.least)
+    for record in history:
+        ledger.record(record.clients)
+    return ledger.spent()
