@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from fedloom.client import Trainer, make_trainer
+from fedloom.client import Trainer
 from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig, load_toml
 from fedloom.data import ArrayData, FederatedDataset, load_dataset
 from fedloom.errors import ConfigError, DataError
@@ -405,15 +405,9 @@ def _trainer(cfg: SimulationConfig, ds: FederatedDataset) -> Trainer:
             "the run trained your own model (model = custom); pass its trainer: "
             "audit_run(run_dir, trainer=...)"
         )
-    return make_trainer(
-        cfg.model,
-        input_shape=ds.input_shape,
-        num_classes=ds.num_classes,
-        lr=cfg.lr if cfg.lr is not None else BUILTIN_MODEL_SGD.lr,
-        local_epochs=cfg.local_epochs or BUILTIN_MODEL_SGD.local_epochs,
-        batch_size=cfg.batch_size or BUILTIN_MODEL_SGD.batch_size,
-        momentum=cfg.momentum,
-    )
+    from fedloom.simulation._run import builtin_trainer
+
+    return builtin_trainer(cfg, ds)
 
 
 class _Recorder:

@@ -47,6 +47,19 @@ from fedloom.tracking import History, ProgressBar
 __all__ = ["simulate"]
 
 
+def builtin_trainer(cfg: SimulationConfig, ds: FederatedDataset) -> Trainer:
+    """The built-in model the settings name, shaped for ``ds``, with the settings' SGD."""
+    return make_trainer(
+        cfg.model,
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        lr=cfg.lr if cfg.lr is not None else BUILTIN_MODEL_SGD.lr,
+        local_epochs=cfg.local_epochs or BUILTIN_MODEL_SGD.local_epochs,
+        batch_size=cfg.batch_size or BUILTIN_MODEL_SGD.batch_size,
+        momentum=cfg.momentum,
+    )
+
+
 def sampler_for(config: SimulationConfig, num_clients: int) -> Sampler:
     """The sampler the settings ask for: a fraction, a count per round, or every client."""
     if config.clients_per_round is not None:
@@ -418,15 +431,7 @@ def simulate(
                 "optimizer settings (TorchTrainer(..., momentum=...)) and leave momentum unset"
             )
         cfg = cfg.replace(model="custom")
-    tr = trainer or make_trainer(
-        cfg.model,
-        input_shape=ds.input_shape,
-        num_classes=ds.num_classes,
-        lr=cfg.lr if cfg.lr is not None else BUILTIN_MODEL_SGD.lr,
-        local_epochs=cfg.local_epochs or BUILTIN_MODEL_SGD.local_epochs,
-        batch_size=cfg.batch_size or BUILTIN_MODEL_SGD.batch_size,
-        momentum=cfg.momentum,
-    )
+    tr = trainer or builtin_trainer(cfg, ds)
     st = strategy or make_strategy(
         cfg.strategy, sampler_for(cfg, ds.num_clients), **cfg.strategy_options()
     )
