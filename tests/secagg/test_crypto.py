@@ -132,10 +132,13 @@ def test_encrypt_and_decrypt_reject_a_malformed_key() -> None:
         decrypt(bytes(16), bytes(40), b"")
 
 
-def test_prg_keystream_is_aes256_ctr_from_the_zero_counter() -> None:
-    # CTR keystream block i is AES_K(counter block i); the counter starts at 0 and is big-endian.
-    ecb = Cipher(algorithms.AES(SEED_A), modes.ECB()).encryptor()
-    blocks = ecb.update(bytes(16) + (1).to_bytes(16, "big")) + ecb.finalize()
+def test_prg_keystream_is_aes128_ctr_keyed_and_started_by_the_seed() -> None:
+    # CTR keystream block i is AES_K(counter + i): K is the seed's first 16 bytes, the counter
+    # starts at its last 16 read as a big-endian integer (wrapping mod 2^128).
+    start = int.from_bytes(SEED_A[16:], "big")
+    ecb = Cipher(algorithms.AES(SEED_A[:16]), modes.ECB()).encryptor()
+    counters = [((start + i) % 2**128).to_bytes(16, "big") for i in range(2)]
+    blocks = ecb.update(b"".join(counters)) + ecb.finalize()
 
     words32 = prg(SEED_A, 8, 32)
     words64 = prg(SEED_A, 4, 64)

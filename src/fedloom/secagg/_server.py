@@ -250,9 +250,13 @@ class SecAggRound:
                     ctx.round, UNMASK, len(first), need, f"too few shares of the {what}"
                 )
             for chosen in itertools.chain([first], _last_shares(order[v], released, need)):
-                ys = [_y(released[u], slot[u][v]) for _, u in chosen]
+                xs, ys = [], []
+                for x, u in chosen:
+                    at = slot[u][v] * RELEASED_BYTES
+                    xs.append(x)
+                    ys.append(int.from_bytes(released[u][at : at + RELEASED_BYTES], "big"))
                 try:
-                    value = interpolate(tuple(x for x, _ in chosen), ys, 32)
+                    value = interpolate(tuple(xs), ys, 32)
                 except ValueError:
                     continue
                 if self_mask and self_seed_commitment(value) == commitment[v]:
@@ -346,11 +350,6 @@ def _last_shares(
 def _released_ok(raw: bytes, count: int) -> bool:
     """Is ``raw`` ``count`` share values, each below 2^521 (its first byte at most 1)?"""
     return len(raw) == count * RELEASED_BYTES and max(raw[::RELEASED_BYTES], default=0) <= 1
-
-
-def _y(raw: bytes, slot: int) -> int:
-    """The share value at ``slot`` of a released-shares reply."""
-    return int.from_bytes(raw[slot * RELEASED_BYTES : (slot + 1) * RELEASED_BYTES], "big")
 
 
 def _graph_seed(seed: int, round: int) -> int:

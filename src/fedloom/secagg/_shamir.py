@@ -20,6 +20,7 @@ b'mask key'
 from __future__ import annotations
 
 import functools
+import operator
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -163,7 +164,9 @@ def interpolate(xs: tuple[int, ...], ys: Sequence[int], length: int) -> bytes:
     ``xs`` reuse their Lagrange weights. ``ValueError`` when the value does not fit ``length``.
     """
     weights = _lagrange_at_zero(xs)
-    value = sum(w * y for w, y in zip(weights, ys, strict=True)) % PRIME
+    if len(weights) != len(ys):
+        raise ValueError(f"{len(xs)} points but {len(ys)} values")
+    value: int = sum(map(operator.mul, weights, ys)) % PRIME
     if value.bit_length() > 8 * length:
         raise ValueError(
             f"the shares interpolate to a value that does not fit in {length} bytes: "
