@@ -67,7 +67,7 @@ from fedloom.messages import ClientUpdate, Config, Instruction, Reply
 from fedloom.params import ParamSpec, Vector
 from fedloom.secagg import PHASES, SecAggRound, SecAggSettings
 from fedloom.secagg._graph import secagg_plus_degree
-from fedloom.secagg._protocol import MASKED
+from fedloom.secagg._protocol import MASKED, RELEASED_BYTES, SEALED_BYTES
 from fedloom.server._loop import drive
 from fedloom.simulation import InProcessFleet
 from fedloom.strategy import PlainRound, RoundContext, WeightedMean
@@ -278,16 +278,15 @@ def time_aggregation(work: Workloads, n: int, dim: int, calls: int = 3) -> float
 
 
 def secagg_sent_bytes(n: int, dim: int) -> float:
-    """Bytes one SecAgg client sends in a round nobody leaves, from the message layouts (mean
-    over clients named "0" .. str(n-1)): two public keys; per other client an encrypted share
-    pair (12-byte nonce, two 70-byte shares, 16-byte tag) in a map entry (2 + id + 4 bytes);
-    the masked input, 4 bytes per value plus the weight; per other client a released 70-byte
-    share under the key "b:" + id."""
-    others_id = sum(len(str(i)) for i in range(n)) * (n - 1) / n  # their ids' length, summed
+    """Bytes one SecAgg client sends in a round nobody leaves, from the message layouts: two
+    public keys; per other client an encrypted share pair (12-byte nonce, two 70-byte shares,
+    16-byte tag: ``SEALED_BYTES``) and the 32-byte commitment to its self-mask seed; the masked
+    input, 4 bytes per value plus the weight; per other client a released 66-byte share value
+    (``RELEASED_BYTES``)."""
     keys = 64
-    shares = (n - 1) * (2 + 4 + 12 + 2 * 70 + 16) + others_id
+    shares = (n - 1) * SEALED_BYTES + 32
     masked = 4 * (dim + 1)
-    unmask = (n - 1) * (2 + 2 + 4 + 70) + others_id
+    unmask = (n - 1) * RELEASED_BYTES
     return keys + shares + masked + unmask
 
 
@@ -851,6 +850,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in grid
         if r["mode"] == "secagg" and not r["dropped"]
     }
+    off = {k: v for k, v in model_check.items() if abs(v["measured"] - v["model"]) > 0.5}
+    if off:
+        raise SystemExit(f"bytes sent differ from the message layout's: {off}")
     report = {
         "meta": meta,
         "grid": grid,

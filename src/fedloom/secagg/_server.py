@@ -160,12 +160,19 @@ class SecAggRound:
         needed = {u: settings.shares_needed(len(graph[u])) for u in u1}
         least = max(least, *needed.values())
 
-        # 2. share keys: each client gets its neighbours' keys, in sorted order
+        # 2. share keys: each client gets its neighbours' keys, in sorted order (with every
+        # client a neighbour of every other, one list of all keys for all: a client skips its own)
         order = {u: sorted(graph[u]) for u in u1}
         entry = {v: pack_map({v: keys[v][0] + keys[v][1]}) for v in u1}
+        everyone = b"".join(entry.values())
+        complete = all(len(order[u]) == len(u1) - 1 for u in u1)
         share_ins = {
             u: Instruction(
-                ctx.round, SHARE, None, config, {"keys": b"".join([entry[v] for v in order[u]])}
+                ctx.round,
+                SHARE,
+                None,
+                config,
+                {"keys": everyone if complete else b"".join([entry[v] for v in order[u]])},
             )
             for u in u1
         }
@@ -193,7 +200,7 @@ class SecAggRound:
         # U2 in sorted order; the sender's record for v sits at v's rank among its neighbours
         u2_set = frozenset(u2)
         active = {u: [v for v in order[u] if v in u2_set] for u in u2}
-        slot = {u: {v: i for i, v in enumerate(active[u])} for u in u2}
+        slot = {u: dict(zip(active[u], range(len(active[u])), strict=True)) for u in u2}
         ids = pack_ids(u2)
         inbox = _route(u2, order, active, sealed)
         del sealed
