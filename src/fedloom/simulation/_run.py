@@ -271,7 +271,8 @@ def with_distributed_dp(
     noise; refused where it cannot be."""
     secure = with_secure_aggregation(strategy, cfg, cohort)
     mechanism = secure.mechanism
-    assert isinstance(mechanism, SecAggRound)
+    if not isinstance(mechanism, SecAggRound):  # with_secure_aggregation always makes one
+        raise TypeError(f"expected a SecAggRound, got {type(mechanism).__name__}")
     delta = cfg.delta if cfg.delta is not None else population**-1.1
     check_delta(delta, population)
     least = max(mechanism.least_survivors(cohort), 2)
