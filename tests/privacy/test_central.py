@@ -23,7 +23,32 @@ def test_updates_are_clipped_and_divided_by_the_expected_count() -> None:
     # Assert
     np.testing.assert_allclose(result.vector, [0.225, 0.2], rtol=1e-6)
     assert (result.count, result.total_weight) == (2, 20.0)
-    assert state.clipped_fraction == 0.5 and state.rounds == 1
+    assert state.rounds == 1
+    assert np.isnan(state.unclipped_fraction)  # a fixed clip norm releases no count
+
+
+def test_adaptive_clipping_releases_only_the_noised_count() -> None:
+    # Without noise the released fraction is the exact one (1 of 2 fits under C = 1); with
+    # noise it is the count plus N(0, (0.05 m)^2), m = 4, over m: never exactly 0.25
+    exact = DPMean(1.0, 0.0, expected_clients=4, adaptive=AdaptiveClipping())
+    _, state = exact.aggregate(_updates([[3, 4], [0.3, 0]]), 2, exact.init(2))
+    assert state.unclipped_fraction == 0.25
+    noised = DPMean(1.0, 0.5, expected_clients=40, adaptive=AdaptiveClipping())
+    fractions = [
+        noised.aggregate(_updates([[3, 4], [0.3, 0]]), 2, noised.init(2))[1].unclipped_fraction
+        for _ in range(200)
+    ]
+    # count noise sigma_b = 0.05 * 40 = 2 clients: the released fraction 1/40 + N(0, (2/40)^2)
+    assert np.std(fractions) == pytest.approx(2 / 40, rel=0.15)
+    assert np.mean(fractions) == pytest.approx(1 / 40, abs=5 * (2 / 40) / np.sqrt(200))
+
+
+def test_unseeded_noise_differs_every_time() -> None:
+    # the default draws from the OS: two aggregations of the same input never match
+    agg = DPMean(clip_norm=1.0, noise_multiplier=1.0, expected_clients=2)
+    a, _ = agg.aggregate(_updates([[0.0] * 50]), 50, agg.init(50))
+    b, _ = agg.aggregate(_updates([[0.0] * 50]), 50, agg.init(50))
+    assert not np.array_equal(a.vector, b.vector)
 
 
 def test_one_client_moves_the_sum_by_at_most_the_clip_norm() -> None:

@@ -127,3 +127,10 @@ def test_fedloom_privacy_refuses_a_delta_of_one_over_n(capsys: pytest.CaptureFix
         ]
     )
     assert status == 2 and "1/N" in capsys.readouterr().err
+
+
+def test_clipping_alone_records_an_unbounded_epsilon_and_refuses_a_budget() -> None:
+    result = fedloom.simulate(**{**RUN, "noise_multiplier": 0.0, "rounds": 2})
+    assert [r.metrics["epsilon"] for r in result.history] == [float("inf")] * 2
+    with pytest.raises(ConfigError, match="spends an unbounded epsilon"):
+        fedloom.simulate(**{**RUN, "noise_multiplier": 0.0}, target_epsilon=100.0)

@@ -489,6 +489,8 @@ def _privacy(
     if cohort_size(cfg, population) < population:
         return float(spent), delta, float(spent)  # fixed-size sampling: accounted replace-one
     z = cfg.noise_multiplier or 0.0  # set whenever dp is (the settings check it)
+    if z == 0:
+        return float(spent), delta, math.inf  # clipping alone: no bound
     # every client every round was accounted add-or-remove; replacing a client's data moves the
     # clipped sum by up to 2C, i.e. noise multiplier z/2 for the same Gaussian mechanism
     replace_one = Mechanism(z / 2, "all", population, population)

@@ -62,11 +62,13 @@ class AdaptiveClipping:
 
 @dataclass(frozen=True)
 class ClipState:
-    """The clip norm for the next round, and how many rounds have drawn noise."""
+    """The clip norm for the next round, how many rounds have drawn noise, and, with adaptive
+    clipping, the noised fraction of last round's updates that fit under the clip norm (the
+    only count the accountant covers; NaN with a fixed clip norm, where none is released)."""
 
     clip_norm: float
     rounds: int = 0
-    clipped_fraction: float = float("nan")
+    unclipped_fraction: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -84,16 +86,17 @@ class DPMean:
     adaptive
         Track a quantile of the update norms instead of a fixed C.
     seed
-        Seeds the noise; each round draws from ``(seed, round)``. NumPy's PCG64 is not a
-        cryptographically secure generator: fine for research, not for a deployment whose
-        guarantee must hold against an adversary who can predict the noise.
+        ``None`` (the default) draws each round's noise from the operating system's random
+        source. A number seeds it from ``(seed, round)``, reproducibly, which is for tests only:
+        whoever knows the seed can regenerate the noise and subtract it. (NumPy's PCG64 is not a
+        cryptographically secure generator either way.)
     """
 
     clip_norm: float
     noise_multiplier: float
     expected_clients: int
     adaptive: AdaptiveClipping | None = None
-    seed: int = 0
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if not self.clip_norm > 0:
@@ -140,15 +143,16 @@ class DPMean:
             total += vec
             count += 1
             weight += update.weight
-        rng = np.random.default_rng([self.seed, state.rounds])
+        rng = np.random.default_rng(None if self.seed is None else [self.seed, state.rounds])
         m = self.expected_clients
         total += rng.normal(0.0, self.update_noise_multiplier * clip, size=dim)
         mean = (total / m).astype(np.float32)
-        observed = unclipped / count if count else math.nan
+        released = math.nan
         if self.adaptive is not None:
             a = self.adaptive
             noisy = float(unclipped)
             if self.noise_multiplier:
                 noisy += rng.normal(0.0, a.count_noise * m)
-            clip *= math.exp(-a.learning_rate * (noisy / m - a.target_quantile))
-        return Aggregate(mean, count, weight), ClipState(clip, state.rounds + 1, observed)
+            released = noisy / m
+            clip *= math.exp(-a.learning_rate * (released - a.target_quantile))
+        return Aggregate(mean, count, weight), ClipState(clip, state.rounds + 1, released)

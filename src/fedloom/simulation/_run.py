@@ -198,21 +198,24 @@ def stopper(
 class CentralPrivacy:
     """A run's privacy accounting: epsilon per round, and the budget."""
 
-    ledger: PrivacyLedger
+    ledger: PrivacyLedger | None  # None: clipping alone, without noise: epsilon is unbounded
     target_epsilon: float | None
 
     def metrics(self, round: int, outcome: RoundOutcome) -> dict[str, float]:
-        out = {"epsilon": self.ledger.spent(round)}
+        out = {"epsilon": self.ledger.spent(round) if self.ledger is not None else math.inf}
         aggregator_state = outcome.aggregator_state
         if isinstance(aggregator_state, ClipState):
             out["clip_norm"] = aggregator_state.clip_norm
-            out["unclipped_fraction"] = aggregator_state.clipped_fraction
+            if not math.isnan(aggregator_state.unclipped_fraction):
+                out["unclipped_fraction"] = aggregator_state.unclipped_fraction
         return out
 
     def exhausted(self, completed: int) -> bool:
         """Would one more round take epsilon past the target?"""
         target = self.target_epsilon
-        return target is not None and self.ledger.would_exceed(completed + 1, target)
+        if target is None:
+            return False
+        return self.ledger is None or self.ledger.would_exceed(completed + 1, target)
 
 
 @dataclass(frozen=True)
@@ -333,19 +336,22 @@ def with_central_dp(
     elif cfg.target_quantile is not None or cfg.clip_lr is not None:
         raise ConfigError("--target-quantile and --clip-lr need --adaptive-clipping")
     z = cfg.noise_multiplier or 0.0
-    aggregator = DPMean(cfg.clip_norm or 1.0, z, cohort, adaptive, seed=cfg.seed)
+    aggregator = DPMean(cfg.clip_norm or 1.0, z, cohort, adaptive)  # noise from OS entropy
     delta = cfg.delta if cfg.delta is not None else population**-1.1
     check_delta(delta, population)
-    if amplified and cohort < population:
-        mechanism = Mechanism(z, "fixed-size-without-replacement", population, cohort)
-    else:
-        mechanism = Mechanism(z, "all", population, population)
-    ledger = PrivacyLedger(mechanism, delta, cfg.accountant)
+    ledger = None
+    if z > 0:
+        if amplified and cohort < population:
+            mechanism = Mechanism(z, "fixed-size-without-replacement", population, cohort)
+        else:
+            mechanism = Mechanism(z, "all", population, population)
+        ledger = PrivacyLedger(mechanism, delta, cfg.accountant)
     privacy = CentralPrivacy(ledger, cfg.target_epsilon)
     if cfg.target_epsilon is not None and privacy.exhausted(0):
+        spent = f"epsilon {ledger.spent(1):.3g}" if ledger is not None else "an unbounded epsilon"
         raise ConfigError(
-            f"one round already spends epsilon {ledger.spent(1):.3g} > --target-epsilon "
-            f"{cfg.target_epsilon}; raise --noise-multiplier or sample fewer clients per round"
+            f"one round already spends {spent} > --target-epsilon {cfg.target_epsilon}; raise "
+            "--noise-multiplier or sample fewer clients per round"
         )
     name = f"dp-{strategy.name}"
     return dataclasses.replace(strategy, name=name, aggregator=aggregator), privacy
