@@ -434,32 +434,20 @@ def _participants(
     cfg: SimulationConfig, population: int, rounds: int, malicious: set[str]
 ) -> list[int]:
     """The clients that trained in at least one of ``rounds`` rounds, as ``simulate`` drew them."""
-    from fedloom.simulation._conditions import SimulatedConditions
-    from fedloom.simulation._run import sampler_for
+    from fedloom.simulation._run import sampler_for, with_conditions
     from fedloom.strategy import make_strategy
 
     ids = [str(i) for i in range(population)]
     sampler = sampler_for(cfg, population)
     recorder = _Recorder(ids)
-    conditions = None
-    fit_config: dict[str, float | int] = {}
-    if cfg.dropout or cfg.stragglers:
-        policy = cfg.straggler_policy
-        if policy is None:
-            policy = make_strategy(cfg.strategy, sampler, **cfg.strategy_options()).straggler_policy
-        epochs = cfg.local_epochs or BUILTIN_MODEL_SGD.local_epochs
-        fit_config = {"local_epochs": epochs}
-        conditions = SimulatedConditions(
-            recorder,
-            dropout=cfg.dropout,
-            stragglers=cfg.stragglers,
-            straggler_policy="keep" if policy == "keep" else "drop",
-            local_epochs=epochs,
-            seed=cfg.seed,
-        )
+    policy = cfg.straggler_policy
+    if policy is None:
+        policy = make_strategy(cfg.strategy, sampler, **cfg.strategy_options()).straggler_policy
+    conditions = with_conditions(recorder, cfg, policy)
+    fit_config = {"local_epochs": cfg.local_epochs or BUILTIN_MODEL_SGD.local_epochs}
     for round in range(1, rounds + 1):
         selected = sampler.select(ids, round)
-        if conditions is None:
+        if conditions is recorder:
             recorder.instructed.update(selected)
             continue
         fit = Instruction(round, "fit", config=fit_config)

@@ -120,24 +120,32 @@ def _fleet(
             f"{needed} accepted updates are needed ({why}); sample more clients, or lower "
             f"--dropout, --stragglers, --byzantine or --min-clients"
         )
-    if cfg.dropout or cfg.stragglers:
-        epochs = cfg.local_epochs
-        if epochs is None and not custom_trainer:
-            epochs = BUILTIN_MODEL_SGD.local_epochs
-        if cfg.stragglers and epochs is None:
-            raise ConfigError(
-                "--stragglers needs --local-epochs when you bring your own trainer: a straggler "
-                "runs between 1 and that many epochs"
-            )
-        fleet = SimulatedConditions(
-            fleet,
-            dropout=cfg.dropout,
-            stragglers=cfg.stragglers,
-            straggler_policy="keep" if policy == "keep" else "drop",
-            local_epochs=epochs,
-            seed=cfg.seed,
+    return with_conditions(fleet, cfg, policy, custom_trainer=custom_trainer), info
+
+
+def with_conditions(
+    fleet: Fleet, cfg: SimulationConfig, policy: str, *, custom_trainer: bool = False
+) -> Fleet:
+    """``fleet`` behind the settings' simulated dropout and stragglers (itself without them);
+    ``policy`` is the straggler policy in force (the setting's, else the strategy's)."""
+    if not (cfg.dropout or cfg.stragglers):
+        return fleet
+    epochs = cfg.local_epochs
+    if epochs is None and not custom_trainer:
+        epochs = BUILTIN_MODEL_SGD.local_epochs
+    if cfg.stragglers and epochs is None:
+        raise ConfigError(
+            "--stragglers needs --local-epochs when you bring your own trainer: a straggler "
+            "runs between 1 and that many epochs"
         )
-    return fleet, info
+    return SimulatedConditions(
+        fleet,
+        dropout=cfg.dropout,
+        stragglers=cfg.stragglers,
+        straggler_policy="keep" if policy == "keep" else "drop",
+        local_epochs=epochs,
+        seed=cfg.seed,
+    )
 
 
 def with_secure_aggregation(strategy: Strategy, cfg: SimulationConfig, cohort: int) -> Strategy:
