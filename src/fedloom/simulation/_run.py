@@ -225,6 +225,9 @@ class CentralPrivacy:
             return False
         return self.ledger is None or self.ledger.would_exceed(completed + 1, target)
 
+    def replay(self, history: History) -> None:
+        """Nothing to do on resume: central DP's epsilon depends on the round count alone."""
+
 
 @dataclass(frozen=True)
 class DistributedPrivacy:
@@ -306,6 +309,26 @@ def with_distributed_dp(
         )
     name = f"ddp-{strategy.name}+{cfg.secure_aggregation}"
     return dataclasses.replace(secure, name=name, mechanism=mechanism), privacy
+
+
+def with_privacy(
+    strategy: Strategy,
+    cfg: SimulationConfig,
+    cohort: int,
+    population: int,
+    dim: int,
+    *,
+    amplified: bool = True,
+) -> tuple[Strategy, CentralPrivacy | DistributedPrivacy | None]:
+    """``strategy`` with the settings' user-level DP and secure aggregation, and the run's
+    privacy accounting (``None`` without DP); ``amplified`` as for :func:`with_central_dp`."""
+    if cfg.dp == "central":
+        return with_central_dp(strategy, cfg, cohort, population, amplified=amplified)
+    if cfg.dp == "distributed":
+        return with_distributed_dp(strategy, cfg, cohort, population, dim)
+    if cfg.secure_aggregation is not None:
+        strategy = with_secure_aggregation(strategy, cfg, cohort)
+    return strategy, None
 
 
 def with_central_dp(
@@ -453,13 +476,7 @@ def simulate(
     if cfg.local_dp_noise is not None:
         check_local_dp(cfg, tr, ds)
     cohort = cohort_size(cfg, ds.num_clients)
-    privacy: CentralPrivacy | DistributedPrivacy | None = None
-    if cfg.dp == "central":
-        st, privacy = with_central_dp(st, cfg, cohort, ds.num_clients)
-    if cfg.dp == "distributed":
-        st, privacy = with_distributed_dp(st, cfg, cohort, ds.num_clients, tr.spec.size)
-    elif cfg.secure_aggregation is not None:
-        st = with_secure_aggregation(st, cfg, cohort)
+    st, privacy = with_privacy(st, cfg, cohort, ds.num_clients, tr.spec.size)
     fleet, run_info = _fleet(cfg, ds, tr, st, cohort=cohort, custom_trainer=trainer is not None)
     test = ds.test
 

@@ -28,15 +28,7 @@ from fedloom.data._files import _leaf_users, find_mnist_files
 from fedloom.errors import ConfigError, DataError, RoundFailedError
 from fedloom.params import ParamSpec, Vector
 from fedloom.server import LoopState, Participation, RunResult, RunStore, run_rounds
-from fedloom.simulation._run import (
-    CentralPrivacy,
-    DistributedPrivacy,
-    sampler_for,
-    stopper,
-    with_central_dp,
-    with_distributed_dp,
-    with_secure_aggregation,
-)
+from fedloom.simulation._run import sampler_for, stopper, with_privacy
 from fedloom.strategy import RoundOutcome, make_strategy
 from fedloom.transport._certs import credentials, revoked
 from fedloom.transport._client import ClientOptions, run_client
@@ -139,7 +131,6 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
             **cfg.strategy_options(),
         )
         cohort = cfg.clients_per_round or cfg.clients or cfg.min_clients
-        privacy: CentralPrivacy | DistributedPrivacy | None = None
         if cfg.local_dp_noise is not None:
             raise ConfigError(
                 "local DP is a client's own promise to its records, so a client must set it, "
@@ -150,19 +141,12 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                 f"--dp {cfg.dp} needs --clients N, the number of users in the federation: delta "
                 "must stay below 1/N"
             )
-        if cfg.dp == "central":
-            # the cohort comes from whoever is connected, so no credit for sampling is taken
-            strategy, privacy = with_central_dp(
-                strategy, cfg, cohort, cfg.clients or cohort, amplified=False
-            )
-        if cfg.dp == "distributed":
-            strategy, distributed = with_distributed_dp(
-                strategy, cfg, cohort, cfg.clients or cohort, trainer.spec.size
-            )
-            distributed.replay(state.history)
-            privacy = distributed
-        elif cfg.secure_aggregation is not None:
-            strategy = with_secure_aggregation(strategy, cfg, cohort)
+        # the cohort comes from whoever is connected, so central DP takes no credit for sampling
+        strategy, privacy = with_privacy(
+            strategy, cfg, cohort, cfg.clients or cohort, trainer.spec.size, amplified=False
+        )
+        if privacy is not None:
+            privacy.replay(state.history)
         fleet = GrpcFleet(run_id, heartbeat_timeout=net.heartbeat_timeout)
         options = ServerOptions(
             net.address,
