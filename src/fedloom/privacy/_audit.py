@@ -31,7 +31,7 @@ import numpy as np
 
 from fedloom.client import Trainer
 from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig, load_toml
-from fedloom.data import ArrayData, FederatedDataset, load_dataset
+from fedloom.data import ArrayData, FederatedDataset
 from fedloom.errors import ConfigError, DataError
 from fedloom.messages import Instruction, Reply
 from fedloom.params import Vector
@@ -383,15 +383,10 @@ def _history(run: Path) -> History:
 
 
 def _dataset(cfg: SimulationConfig) -> FederatedDataset:
+    from fedloom.simulation._run import builtin_dataset
+
     try:
-        return load_dataset(
-            cfg.dataset,
-            num_clients=cfg.clients,
-            partition=cfg.partition,
-            seed=cfg.seed,
-            local_test_fraction=cfg.local_test_fraction,
-            test_fraction=cfg.test_fraction,
-        )
+        return builtin_dataset(cfg)
     except ConfigError as exc:
         raise ConfigError(
             f"cannot rebuild the run's dataset {cfg.dataset!r} from its settings ({exc}); for a "

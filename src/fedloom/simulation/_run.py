@@ -47,6 +47,18 @@ from fedloom.tracking import History, ProgressBar
 __all__ = ["simulate"]
 
 
+def builtin_dataset(cfg: SimulationConfig) -> FederatedDataset:
+    """The dataset the settings name, split and partitioned as they say."""
+    return load_dataset(
+        cfg.dataset,
+        num_clients=cfg.clients,
+        partition=cfg.partition,
+        seed=cfg.seed,
+        local_test_fraction=cfg.local_test_fraction,
+        test_fraction=cfg.test_fraction,
+    )
+
+
 def builtin_trainer(cfg: SimulationConfig, ds: FederatedDataset) -> Trainer:
     """The built-in model the settings name, shaped for ``ds``, with the settings' SGD."""
     return make_trainer(
@@ -452,14 +464,7 @@ def simulate(
     if isinstance(strategy, str):
         settings["strategy"], strategy = strategy, None
     cfg = (config or SimulationConfig()).replace(**settings)
-    ds = dataset or load_dataset(
-        cfg.dataset,
-        num_clients=cfg.clients,
-        partition=cfg.partition,
-        seed=cfg.seed,
-        local_test_fraction=cfg.local_test_fraction,
-        test_fraction=cfg.test_fraction,
-    )
+    ds = dataset or builtin_dataset(cfg)
     if dataset is not None:
         cfg = cfg.replace(dataset=ds.name, clients=ds.num_clients, partition=None)
     if trainer is not None:
