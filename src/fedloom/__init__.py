@@ -21,8 +21,9 @@ from fedloom.errors import (
 )
 from fedloom.messages import ClientUpdate, Instruction, Reply, RoundRecord
 from fedloom.params import ParamSpec
+from fedloom.recipes import simulate
 from fedloom.server import Fleet, RunResult, load_checkpoint, run_rounds
-from fedloom.simulation import InProcessFleet, simulate
+from fedloom.simulation import InProcessFleet
 from fedloom.strategy import Strategy, fedavg, make_strategy
 from fedloom.tracking import History
 

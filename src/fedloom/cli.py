@@ -19,7 +19,7 @@ from fedloom.client import MODELS
 from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig, load_toml
 from fedloom.data import DATASETS, PARTITIONS
 from fedloom.errors import ConfigError, DataError, FedloomError
-from fedloom.simulation._attack import ATTACKS
+from fedloom.simulation import ATTACKS
 from fedloom.strategy import STRATEGIES
 from fedloom.tracking import summary
 
@@ -329,7 +329,7 @@ def _privacy(args: argparse.Namespace) -> int:
 def _certs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fedloom.transport._certs import create_federation, revoke
+    from fedloom.transport import create_federation, revoke
 
     out = Path(args.out)
     if args.revoke:
@@ -344,7 +344,7 @@ def _certs(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from fedloom.transport._run import ServeSettings, serve
+    from fedloom.recipes import ServeSettings, serve
 
     config = _settings(args)
     net = ServeSettings(
@@ -364,8 +364,8 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> int:
-    from fedloom.data import ClientData, load_dataset
-    from fedloom.transport._run import load_client_data, serve_client
+    from fedloom.data import ClientData, load_client_data, load_dataset
+    from fedloom.recipes import serve_client
 
     if (args.data is None) == (args.dataset is None):
         raise ConfigError("give this client's data: --data FILE, or --dataset NAME (a demo)")
@@ -404,7 +404,7 @@ def _audit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fedloom._io import atomic_write
-    from fedloom.privacy import audit_run
+    from fedloom.recipes import audit_run
 
     report = audit_run(args.run_dir, seed=args.seed)
     attack = report.attack
@@ -443,7 +443,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from fedloom.simulation import simulate
+    from fedloom.recipes import simulate
 
     config = _settings(args)
     started = time.perf_counter()

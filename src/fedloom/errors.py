@@ -7,7 +7,8 @@ The tree::
     ├── DataError                a dataset, file or path is missing or malformed
     ├── ClientError              a client failed handling an instruction (client id, round, phase)
     ├── RoundFailedError         too few clients answered to complete a round (round, phase)
-    └── TamperedError            an authenticated message failed to verify (secure aggregation)
+    ├── TamperedError            an authenticated message failed to verify (secure aggregation)
+    └── WireError                a message on the wire is malformed, truncated or too large
 
 Messages name the problem and what to do about it; the command line prints the message alone
 (no traceback) and exits with status 2 for ``ConfigError`` and ``DataError``.
@@ -22,6 +23,7 @@ __all__ = [
     "FedloomError",
     "RoundFailedError",
     "TamperedError",
+    "WireError",
 ]
 
 
@@ -78,3 +80,7 @@ class TamperedError(FedloomError):
 
     The key is wrong, or the bytes or their associated data were modified or truncated.
     """
+
+
+class WireError(FedloomError):
+    """A message on the wire is malformed, truncated or too large (deployment)."""

@@ -11,16 +11,23 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy.typing as npt
+
+from fedloom.errors import ConfigError
 from fedloom.params import Vector
 
 __all__ = [
+    "Aggregate",
     "ClientUpdate",
     "Config",
+    "EvalResult",
+    "FitResult",
     "Instruction",
     "Metrics",
     "Reply",
     "RoundRecord",
     "Scalar",
+    "setting",
 ]
 
 Scalar = bool | int | float | str
@@ -76,12 +83,54 @@ class Reply:
 class ClientUpdate:
     """One client's contribution, as an aggregator sees it.
 
+    ``vector`` is the float32 update a client sends, unless a link of the update chain changed
+    it on the way (clipped in float64, or encoded as integers mod 2^k for secure aggregation).
     ``weight`` is the number of examples by default; privacy mechanisms may bound it.
     """
 
     client_id: str
-    vector: Vector
+    vector: npt.NDArray[Any]
     weight: float
+    metrics: Metrics = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Trained parameters, the number of examples trained on, and training metrics.
+
+    ``steps`` (local optimizer steps taken) and ``lr`` (the local learning rate) are what
+    SCAFFOLD's control variate update needs; trainers that support SCAFFOLD report them.
+    """
+
+    parameters: Vector
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+    steps: int | None = None
+    lr: float | None = None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean loss and accuracy over ``num_examples`` examples."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """The result of aggregating one round's updates.
+
+    ``count`` is the number of updates that went in and ``total_weight`` their summed weight
+    as the clients sent it; with no updates, ``vector`` is all zeros and ``count`` is 0.
+    ``metrics`` are what the aggregation itself reports (the next clip norm, say); they go
+    into the round's record.
+    """
+
+    vector: Vector
+    count: int
+    total_weight: float
     metrics: Metrics = field(default_factory=dict)
 
 
@@ -111,3 +160,13 @@ class RoundRecord:
         out = asdict(self)
         out["metrics"] = dict(self.metrics)
         return out
+
+
+def setting(config: Config, key: str, default: float, kind: type[float] | type[int]) -> float:
+    """``config[key]`` as ``kind`` (int or float), ``default`` when absent; a clear error else."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"client setting {key!r} must be a number, got {value!r}")
+    if kind is int and int(value) != value:
+        raise ConfigError(f"client setting {key!r} must be a whole number, got {value!r}")
+    return kind(value)

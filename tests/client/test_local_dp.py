@@ -14,8 +14,9 @@ from torch import nn
 
 import fedloom
 from fedloom.cli import main
-from fedloom.client import ClientContext, TorchTrainer
-from fedloom.client._local_dp import DPSGD, STATE_KEY, LocalDP, StepCount, local_dp_app
+from fedloom.client import LOCAL_DP_STATE_KEY as STATE_KEY
+from fedloom.client import ClientApp, ClientContext, TorchTrainer
+from fedloom.privacy import DPSGD, LocalDP, StepCount
 from fedloom.config import SimulationConfig
 from fedloom.data import ArrayData, ClientData, load_dataset
 from fedloom.errors import ClientError, ConfigError
@@ -148,7 +149,7 @@ def test_local_epsilon_is_what_dp_accounting_computes_for_all_steps_so_far(
     n: int, batch: int, q: float, steps_per_round: int
 ) -> None:
     # Prepare
-    ctx, app = _client(n), local_dp_app()
+    ctx, app = _client(n), ClientApp()
     start = np.zeros(ctx.trainer.spec.size, np.float32)
     config = {**_dp(1.1, 1.0, local_dp_delta=1e-3), "batch_size": batch, "local_epochs": 2}
 
@@ -167,7 +168,7 @@ def test_local_epsilon_is_what_dp_accounting_computes_for_all_steps_so_far(
 def test_a_client_with_no_examples_spends_nothing() -> None:
     ctx = _client(0)
     start = np.zeros(ctx.trainer.spec.size, np.float32)
-    reply = local_dp_app().handle(ctx, Instruction(1, "fit", start, _dp()))
+    reply = ClientApp().handle(ctx, Instruction(1, "fit", start, _dp()))
     assert reply.metrics["local_epsilon"] == 0.0
     np.testing.assert_array_equal(reply.vector, np.zeros_like(start))
 
@@ -183,7 +184,7 @@ def test_empty_poisson_batches_take_a_noise_only_step() -> None:
 
 
 def test_changing_the_mechanism_mid_run_is_refused() -> None:
-    ctx, app = _client(50), local_dp_app()
+    ctx, app = _client(50), ClientApp()
     start = np.zeros(ctx.trainer.spec.size, np.float32)
     app.handle(ctx, Instruction(1, "fit", start, {**_dp(), "batch_size": 10}))
     with pytest.raises(ClientError, match="changed between rounds"):

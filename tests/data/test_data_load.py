@@ -32,6 +32,7 @@ def test_public_api_is_exactly_this_set() -> None:
         "FederatedDataset",
         "PARTITIONS",
         "from_arrays",
+        "load_client_data",
         "load_dataset",
         "load_heart_disease",
         "load_leaf",

@@ -5,7 +5,27 @@ import pytest
 
 from fedloom.errors import ConfigError
 from fedloom.messages import ClientUpdate
-from fedloom.privacy._central import AdaptiveClipping, DPMean
+from fedloom.privacy import AdaptiveClipping, CentralDP, ClipState
+from fedloom.strategy import Chain
+
+
+class DPMean:
+    """Central DP's link alone in an update chain, with the link's own state."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.link = CentralDP(*args, **kwargs)
+        self.chain = Chain((self.link,))
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        return self.link.update_noise_multiplier
+
+    def init(self, dim: int) -> ClipState:
+        return self.link.init(dim)
+
+    def aggregate(self, updates, dim: int, state: ClipState):
+        result, (after,) = self.chain.aggregate(updates, dim, (state,))
+        return result, after
 
 
 def _updates(vectors: list[list[float]]) -> list[ClientUpdate]:
@@ -87,7 +107,7 @@ def test_adaptive_clipping_converges_to_the_target_quantile(noise: float) -> Non
     assert np.mean(trail[-50:]) == pytest.approx(5.0, rel=0.15)
 
 
-def test_adaptive_clipping_leaves_less_noise_for_the_update() -> None:
+def test_adaptive_clipping_gives_the_update_more_noise() -> None:
     # z = 1, sigma_b = 0.05 * 100 = 5: z_update = (1 - 1/100) ** -0.5
     agg = DPMean(1.0, 1.0, 100, adaptive=AdaptiveClipping())
     assert agg.update_noise_multiplier == pytest.approx((1 - 1 / 100) ** -0.5)

@@ -14,14 +14,12 @@ from fedloom.cli import main
 from fedloom.client import ClientApp, ClientContext, LinearTrainer
 from fedloom.errors import ConfigError, RoundFailedError
 from fedloom.messages import Instruction
+from fedloom.privacy import DistributedDP, DistributedNoise, distributed_noise, encode_noised
 from fedloom.privacy._discrete import ddg_epsilon, ddg_rho
-from fedloom.secagg import SecAggRound, SecAggSettings
-from fedloom.secagg._client import encode_noised
-from fedloom.secagg._protocol import MASKED, DistributedNoise
+from fedloom.secagg import MASKED, SecAggRound
 from fedloom.server._loop import drive
 from fedloom.simulation import InProcessFleet
-from fedloom.simulation._run import distributed_noise
-from fedloom.strategy import RoundContext, WeightedMean
+from fedloom.strategy import Chain, RoundContext
 
 N = 10
 RUN = {"dataset": "digits", "model": "logreg", "clients": N, "rounds": 3, "dp": "distributed",
@@ -62,8 +60,8 @@ def test_non_finite_updates_are_refused() -> None:
 def _secure_round(noise: DistributedNoise, drops: frozenset[str] = frozenset(), least: int = 0):
     ds = fedloom.load_dataset("digits", num_clients=N, seed=0)
     trainer = LinearTrainer(64, 10)
-    settings = SecAggSettings(noise=noise)
-    mech = SecAggRound(settings, denominator=N, min_contributors=least)
+    mech = SecAggRound()
+    chain = Chain((DistributedDP(noise, denominator=N, min_contributors=least),))
     params = trainer.init_parameters(0) + np.float32(0.01)
     inner = InProcessFleet(ds, trainer)
 
@@ -80,7 +78,8 @@ def _secure_round(noise: DistributedNoise, drops: frozenset[str] = frozenset(), 
         def close(self) -> None:
             inner.close()
 
-    ctx = RoundContext(1, [str(i) for i in range(N)], params, {"seed": 0}, WeightedMean(), None, N)
+    selected = [str(i) for i in range(N)]
+    ctx = RoundContext(1, selected, params, {"seed": 0}, chain, chain.init(DIM), N)
     outcome = drive(mech.run(ctx), Dropping(), None)
     # the clipped updates the survivors sent (trained as the round trained them), over N
     expected = np.zeros(DIM)

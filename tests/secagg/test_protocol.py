@@ -14,8 +14,9 @@ import fedloom
 from fedloom.client import ClientApp, ClientContext, LinearTrainer
 from fedloom.errors import ClientError, ConfigError, RoundFailedError
 from fedloom.messages import Instruction, Reply
-from fedloom.secagg import FixedPoint, SecAggRound, SecAggSettings
-from fedloom.secagg._encoding import unpack
+from fedloom.compression import FixedPoint
+from fedloom.compression._fixed_point import unpack
+from fedloom.secagg import SecAggRound, SecAggSettings
 from fedloom.secagg._protocol import (
     KEYS,
     MASKED,
@@ -28,7 +29,7 @@ from fedloom.secagg._protocol import (
 from fedloom.secagg._shamir import Share, combine
 from fedloom.server._loop import drive
 from fedloom.simulation import InProcessFleet
-from fedloom.strategy import RoundContext, WeightedMean
+from fedloom.strategy import Chain, RoundContext
 
 N = 10
 ENCODING = FixedPoint(clip=1.0, bits=20, modulus_bits=32)
@@ -65,15 +66,20 @@ class Scripted:
         self.inner.close()
 
 
-def _round(fleet, settings: SecAggSettings, trainer: LinearTrainer, round: int = 1):
+def _round(
+    fleet, settings: SecAggSettings, trainer: LinearTrainer, round: int = 1, encoding=ENCODING
+):
+    """One secure round of the N clients; returns the encoding (whose error bound the tests
+    check against), the model sent, and the outcome."""
     params = trainer.init_parameters(0) + np.float32(0.01)
-    ctx = RoundContext(round, [str(i) for i in range(N)], params, {"seed": 0}, WeightedMean(),
-                       None, N)  # fmt: skip
+    chain = Chain((encoding,))
+    ctx = RoundContext(round, [str(i) for i in range(N)], params, {"seed": 0}, chain,
+                       chain.init(params.shape[0]), N)  # fmt: skip
     mech = SecAggRound(settings)
-    return mech, params, drive(mech.run(ctx), fleet, None)
+    return encoding, params, drive(mech.run(ctx), fleet, None)
 
 
-def _expected_mean(ds, trainer, params, survivors, settings: SecAggSettings, round: int = 1):
+def _expected_mean(ds, trainer, params, survivors, encoding: FixedPoint, round: int = 1):
     """The plain weighted mean of the survivors' clipped updates with capped weights."""
     app = ClientApp()
     total = np.zeros(params.shape, np.float64)
@@ -81,8 +87,8 @@ def _expected_mean(ds, trainer, params, survivors, settings: SecAggSettings, rou
     for cid in survivors:
         ctx = ClientContext(cid, ds.client(int(cid)), trainer)
         reply = app.handle(ctx, Instruction(round, "fit", params, {"seed": 0}))
-        w = min(reply.num_examples, settings.weight_bound)
-        clip = settings.encoding.clip
+        w = min(reply.num_examples, encoding.weight_bound)
+        clip = encoding.clip
         total += w * np.clip(reply.vector.astype(np.float64), -clip, clip)
         weight += w
     return total / weight, weight
@@ -100,16 +106,17 @@ def test_decoded_sum_equals_the_plain_sum_within_the_quantization_bound(
     # but vanish before unmasking (their input stays in the sum).
     ds = _dataset()
     trainer = LinearTrainer(64, 10, lr=0.1, local_epochs=2, batch_size=8)
-    settings = SecAggSettings(threshold=0.6, degree=degree, encoding=ENCODING, weight_bound=50)
+    settings = SecAggSettings(threshold=0.6, degree=degree)
+    encoding = dataclasses.replace(ENCODING, weight_bound=50)
     fleet = Scripted(InProcessFleet(ds, trainer), {MASKED: after_share, UNMASK: in_unmask})
 
     # Execute
-    mech, params, outcome = _round(fleet, settings, trainer)
+    enc, params, outcome = _round(fleet, settings, trainer, encoding=encoding)
 
     # Assert
     survivors = sorted(set(map(str, range(N))) - after_share, key=int)
-    expected, weight = _expected_mean(ds, trainer, params, survivors, settings)
-    bound = mech.error_bound(len(survivors), weight)
+    expected, weight = _expected_mean(ds, trainer, params, survivors, enc)
+    bound = enc.error_bound_of_mean(len(survivors), weight)
     assert outcome.aggregate.count == len(survivors)
     assert outcome.aggregate.total_weight == weight
     assert np.abs(outcome.aggregate.vector - expected).max() <= bound + 1e-7
@@ -123,7 +130,7 @@ def test_every_masked_input_the_server_sees_is_uniform() -> None:
     fleet = Scripted(InProcessFleet(ds, trainer))
 
     # Execute
-    _round(fleet, SecAggSettings(encoding=ENCODING), trainer)
+    _round(fleet, SecAggSettings(), trainer)
 
     # Assert: per message, a chi-square test on the top 4 bits (15 degrees of freedom; the
     # threshold 57 is exceeded by uniform data with probability 8e-7) and the low bit's mean.
@@ -148,7 +155,7 @@ def test_the_server_never_receives_both_secrets_of_one_client() -> None:
     fleet = Scripted(InProcessFleet(ds, trainer), {MASKED: {"2"}})
 
     # Execute
-    _round(fleet, SecAggSettings(encoding=ENCODING), trainer)
+    _round(fleet, SecAggSettings(), trainer)
 
     # Assert: rebuild each owner's secret from what the survivors released (one value per
     # neighbour in U2, sorted; x = the holder's rank among the owner's sorted neighbours + 1).
@@ -186,7 +193,7 @@ def test_a_client_refuses_to_release_both_secrets_of_a_neighbour() -> None:
 
     # Execute / Assert
     with pytest.raises(ClientError, match="both surviving and dropped"):
-        _round(fleet, SecAggSettings(encoding=ENCODING), trainer)
+        _round(fleet, SecAggSettings(), trainer)
 
 
 def test_a_tampered_share_is_detected_by_its_recipient() -> None:
@@ -205,7 +212,7 @@ def test_a_tampered_share_is_detected_by_its_recipient() -> None:
 
     # Execute / Assert
     with pytest.raises(ClientError, match="share from client 1 failed to authenticate"):
-        _round(fleet, SecAggSettings(encoding=ENCODING), trainer)
+        _round(fleet, SecAggSettings(), trainer)
 
 
 def _spoil_released(spoil: dict[str, list[int]]) -> ClientApp:
@@ -232,15 +239,15 @@ def test_a_bad_released_share_is_caught_and_the_other_shares_rebuild_the_secret(
     ds = _dataset()
     trainer = LinearTrainer(64, 10)
     fleet = InProcessFleet(ds, trainer, app=_spoil_released({"0": [0]}))
-    settings = SecAggSettings(encoding=ENCODING)
+    settings = SecAggSettings()
 
     # Execute
-    mech, params, outcome = _round(fleet, settings, trainer)
+    enc, params, outcome = _round(fleet, settings, trainer)
 
     # Assert: the sum is still exact
     survivors = [str(i) for i in range(N)]
-    expected, weight = _expected_mean(ds, trainer, params, survivors, settings)
-    assert np.abs(outcome.aggregate.vector - expected).max() <= mech.error_bound(N, weight)
+    expected, weight = _expected_mean(ds, trainer, params, survivors, enc)
+    assert np.abs(outcome.aggregate.vector - expected).max() <= enc.error_bound_of_mean(N, weight)
 
 
 def test_bad_shares_in_both_rebuilds_fail_the_round_rather_than_unmask_wrongly() -> None:
@@ -252,7 +259,7 @@ def test_bad_shares_in_both_rebuilds_fail_the_round_rather_than_unmask_wrongly()
 
     # Execute / Assert
     with pytest.raises(RoundFailedError, match="shares of the self mask of 1 disagree"):
-        _round(fleet, SecAggSettings(encoding=ENCODING), trainer)
+        _round(fleet, SecAggSettings(), trainer)
 
 
 def test_a_client_without_a_self_mask_commitment_is_dropped() -> None:
@@ -268,7 +275,7 @@ def test_a_client_without_a_self_mask_commitment_is_dropped() -> None:
         return reply
 
     app = ClientApp({p: handle for p in (KEYS, SHARE, MASKED, UNMASK)})
-    settings = SecAggSettings(threshold=0.6, encoding=ENCODING)
+    settings = SecAggSettings(threshold=0.6)
 
     # Execute
     _, _, outcome = _round(InProcessFleet(ds, trainer, app=app), settings, trainer)
@@ -285,7 +292,7 @@ def test_more_dropouts_than_n_minus_t_fail_the_round_clearly(phase: str) -> None
     trainer = LinearTrainer(64, 10)
     fleet = Scripted(InProcessFleet(ds, trainer), {phase: {"0", "2", "4", "6", "8"}})
     with pytest.raises(RoundFailedError, match="only 5 client"):
-        _round(fleet, SecAggSettings(threshold=0.6, encoding=ENCODING), trainer)
+        _round(fleet, SecAggSettings(threshold=0.6), trainer)
 
 
 def test_malformed_replies_drop_their_senders_and_the_round_completes() -> None:
@@ -304,17 +311,17 @@ def test_malformed_replies_drop_their_senders_and_the_round_completes() -> None:
 
     app = ClientApp({p: broken for p in (KEYS, SHARE, MASKED, UNMASK)})
     fleet = InProcessFleet(ds, trainer, app=app)
-    settings = SecAggSettings(threshold=0.6, encoding=ENCODING)
+    settings = SecAggSettings(threshold=0.6)
 
     # Execute
-    mech, params, outcome = _round(fleet, settings, trainer)
+    enc, params, outcome = _round(fleet, settings, trainer)
 
     # Assert
     assert outcome.aggregate.count == 8
     assert set(outcome.rejected) == {"3", "7"}
     survivors = [str(i) for i in range(N) if i not in (3, 7)]
-    expected, weight = _expected_mean(ds, trainer, params, survivors, settings)
-    assert np.abs(outcome.aggregate.vector - expected).max() <= mech.error_bound(8, weight)
+    expected, weight = _expected_mean(ds, trainer, params, survivors, enc)
+    assert np.abs(outcome.aggregate.vector - expected).max() <= enc.error_bound_of_mean(8, weight)
 
 
 def test_an_unsafe_threshold_is_refused() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedloom.client import EvalResult
+from fedloom.messages import EvalResult
 from fedloom.errors import RoundFailedError
 from fedloom.messages import Instruction, Reply
 from fedloom.params import ParamSpec

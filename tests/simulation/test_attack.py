@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import fedloom
-from fedloom.client import ClientApp, ClientContext, LinearTrainer
+from fedloom.client import DEFAULT_MODS, ClientApp, ClientContext, LinearTrainer
 from fedloom.data import ArrayData, ClientData, FederatedDataset
 from fedloom.errors import ClientError, ConfigError
 from fedloom.messages import Instruction, Reply
 from fedloom.secagg import PHASES
-from fedloom.simulation._attack import ATTACKS, SIGN_FLIP_SCALE, Attack, attacked_app
+from fedloom.simulation import ATTACKS, SIGN_FLIP_SCALE, Attack, attack_mod
 
 TRAINER = LinearTrainer(3, 3, lr=0.3, batch_size=4, local_epochs=2)
 START = np.random.default_rng(1).normal(size=TRAINER.spec.size).astype(np.float32)
@@ -33,6 +33,20 @@ def _ctx(client_id: str, data: ClientData | None = None) -> ClientContext:
 def _vector(reply: Reply) -> np.ndarray:
     assert reply.vector is not None
     return reply.vector
+
+
+def attacked_app(
+    attack: Attack,
+    malicious: Any,
+    *,
+    num_classes: int,
+    cohort_size: int,
+    handlers: Any = None,
+) -> ClientApp:
+    """A client runtime with the attack inside secure aggregation, as the recipes build it."""
+    mod = attack_mod(attack, malicious, num_classes=num_classes, cohort_size=cohort_size)
+    secagg, *rest = DEFAULT_MODS
+    return ClientApp(handlers, mods=(secagg, mod, *rest))
 
 
 def _app(kind: str, scale: float | None = None) -> ClientApp:
@@ -129,8 +143,10 @@ def test_the_base_app_trains_on_flipped_labels_with_the_same_state_and_keeps_its
     def ping(ctx: ClientContext, ins: Instruction) -> Reply:
         return Reply(ctx.client_id, ins.round, ins.phase, num_examples=7)
 
-    base = ClientApp({"fit": fit, "ping": ping})
-    app = attacked_app(Attack("label-flip", 0.5), {"1"}, num_classes=3, cohort_size=4, base=base)
+    handlers = {"fit": fit, "ping": ping}
+    app = attacked_app(
+        Attack("label-flip", 0.5), {"1"}, num_classes=3, cohort_size=4, handlers=handlers
+    )
     ctx = _ctx("1")
 
     # Execute

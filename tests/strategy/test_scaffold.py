@@ -5,12 +5,19 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import pytest
 
-from fedloom.client import ClientApp, ClientContext, FitResult, LinearTrainer
-from fedloom.client._scaffold import CONTROL_DELTA_KEY, CONTROL_KEY, STATE_KEY, control_update
+from fedloom.client import SCAFFOLD_STATE_KEY as STATE_KEY
+from fedloom.client import ClientApp, ClientContext, LinearTrainer
 from fedloom.data import ArrayData, ClientData
 from fedloom.errors import ClientError
-from fedloom.messages import Instruction, Reply
-from fedloom.strategy import RoundContext, ScaffoldRound, WeightedMean
+from fedloom.messages import FitResult, Instruction, Reply
+from fedloom.strategy import (
+    CONTROL_DELTA_KEY,
+    CONTROL_KEY,
+    RoundContext,
+    ScaffoldRound,
+    WeightedMean,
+    control_update,
+)
 
 
 def test_control_update_is_option_two() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedloom.errors import DataError
-from fedloom.transport._run import load_client_data
+from fedloom.data import load_client_data
 
 MNIST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 

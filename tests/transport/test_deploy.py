@@ -24,7 +24,7 @@ from fedloom.client import ClientApp, ClientContext, LinearTrainer
 from fedloom.data import ArrayData, ClientData
 from fedloom.messages import Instruction, Reply
 from fedloom.server import RunResult, RunStore, load_checkpoint, run_rounds
-from fedloom.simulation import simulate
+from fedloom.recipes import simulate
 from fedloom.strategy import RoundOutcome, make_strategy
 from fedloom.transport._certs import Credentials, create_federation
 from fedloom.transport._client import ClientOptions, _Session, run_client

@@ -13,7 +13,7 @@ import pytest
 
 from fedloom.privacy._discrete import ddg_epsilon, ddg_rho
 from fedloom.server import load_checkpoint
-from fedloom.simulation._run import distributed_noise
+from fedloom.privacy import distributed_noise
 
 
 def _free_port() -> int:

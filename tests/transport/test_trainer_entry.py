@@ -7,7 +7,7 @@ import pytest
 
 from fedloom.client import LinearTrainer
 from fedloom.errors import ConfigError
-from fedloom.transport._run import load_trainer
+from fedloom.recipes import load_trainer
 
 
 @pytest.fixture

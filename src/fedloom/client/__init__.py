@@ -1,23 +1,45 @@
-"""Clients: the trainer protocol, PyTorch and NumPy trainers, built-in models, the runtime."""
+"""Clients: the trainer protocol, PyTorch and NumPy trainers, built-in models, the runtime and
+its mods."""
 
-from fedloom.client._app import ClientApp, ClientContext, Handler
+from fedloom.client._app import ClientApp
+from fedloom.client._context import ClientContext, Handler, Mod, mod
 from fedloom.client._linear import LinearTrainer
 from fedloom.client._models import MODELS, cnn, make_trainer, mlp
+from fedloom.client._mods import (
+    CLIENT_LINKS,
+    DEFAULT_MODS,
+    LOCAL_DP_STATE_KEY,
+    SCAFFOLD_STATE_KEY,
+    client_chain,
+    local_dp_mod,
+    scaffold_mod,
+    secagg_mod,
+)
 from fedloom.client._torch import TorchTrainer
-from fedloom.client._trainer import EvalResult, FitResult, Trainer, client_seed
+from fedloom.client._trainer import CorrectableTrainer, Trainer, client_seed, proximal_mu
 
 __all__ = [
+    "CLIENT_LINKS",
+    "DEFAULT_MODS",
+    "LOCAL_DP_STATE_KEY",
     "MODELS",
+    "SCAFFOLD_STATE_KEY",
     "ClientApp",
     "ClientContext",
-    "EvalResult",
-    "FitResult",
+    "CorrectableTrainer",
     "Handler",
     "LinearTrainer",
+    "Mod",
     "TorchTrainer",
     "Trainer",
+    "client_chain",
     "client_seed",
     "cnn",
+    "local_dp_mod",
     "make_trainer",
     "mlp",
+    "mod",
+    "proximal_mu",
+    "scaffold_mod",
+    "secagg_mod",
 ]

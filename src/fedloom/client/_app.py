@@ -2,48 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field
-from typing import Any
+import functools
+from collections.abc import Mapping, Sequence
 
-from fedloom.client._scaffold import CONTROL_KEY, scaffold_fit
-from fedloom.client._trainer import Trainer, client_seed
-from fedloom.data import ClientData
+from fedloom.client._context import ClientContext, Handler, Mod
+from fedloom.client._mods import DEFAULT_MODS
+from fedloom.client._trainer import client_seed
 from fedloom.errors import ClientError
 from fedloom.messages import Instruction, Reply
 
-__all__ = ["ClientApp", "ClientContext", "Handler"]
-
-
-@dataclass
-class ClientContext:
-    """One client as a handler sees it: its id, its data, the trainer, and state it keeps.
-
-    ``state`` persists across rounds for this client (SCAFFOLD's control variate, a secure
-    aggregation key for the current round); the fleet that runs the client owns it.
-    """
-
-    client_id: str
-    data: ClientData
-    trainer: Trainer
-    state: MutableMapping[str, Any] = field(default_factory=dict)
-
-
-Handler = Callable[[ClientContext, Instruction], Reply]
-"""Handles one phase's instruction for one client."""
+__all__ = ["ClientApp", "evaluate", "fit"]
 
 
 def fit(ctx: ClientContext, ins: Instruction) -> Reply:
-    """Train from the global model on local data; reply with the update (trained - global).
-
-    A SCAFFOLD server's instruction carries its control variate; then the client trains with
-    SCAFFOLD's corrected steps (see :mod:`fedloom.client._scaffold`).
-    """
+    """Train from the global model on local data; reply with the update (trained - global)."""
     if ins.parameters is None:
         raise ClientError(ctx.client_id, ins.round, ins.phase, "fit needs the global model")
     seed = client_seed(int(ins.config.get("seed", 0)), ins.round, ctx.client_id)
-    if CONTROL_KEY in ins.payload:
-        return scaffold_fit(ctx, ins, seed)
     result = ctx.trainer.fit(ins.parameters, ctx.data.train, ins.config, seed)
     delta = result.parameters - ins.parameters
     return Reply(
@@ -64,44 +39,68 @@ def evaluate(ctx: ClientContext, ins: Instruction) -> Reply:
 
 
 class ClientApp:
-    """Dispatches each instruction to the handler of its phase.
+    """Dispatches each instruction to the handler of its phase, through the mods.
 
-    Built in: ``"fit"``, ``"evaluate"`` and the four phases of secure aggregation (which train
-    with this app's ``"fit"`` handler, so a replacement fit composes with it).
+    Handlers answer ``"fit"`` and ``"evaluate"`` (and whatever you add); mods wrap them, the
+    first outermost. The default mods are secure aggregation (which answers its four phases and
+    trains through the next layer's ``"fit"``), local DP's accounting and SCAFFOLD's corrected
+    training; each acts only when an instruction asks for it.
 
     Parameters
     ----------
     handlers
-        Extra phases, or replacements for the built-in ones.
+        Extra phases, or replacements for the built-in ones. A handler for a phase that a mod
+        answers (``"secagg.keys"``, say) replaces the mod for that phase.
+    mods
+        The layers around the handlers, outermost first.
     """
 
-    def __init__(self, handlers: Mapping[str, Handler] | None = None) -> None:
-        # imported here: fedloom.secagg's server half imports fedloom.strategy, which imports
-        # this package
-        from fedloom.secagg._client import secagg_handlers
-
+    def __init__(
+        self, handlers: Mapping[str, Handler] | None = None, *, mods: Sequence[Mod] = DEFAULT_MODS
+    ) -> None:
         self._handlers: dict[str, Handler] = {"fit": fit, "evaluate": evaluate}
-        self._handlers.update(secagg_handlers(self._train))
         self._handlers.update(handlers or {})
-
-    def _train(self, ctx: ClientContext, ins: Instruction) -> Reply:
-        """This app's own fit handler, for protocols that train inside another phase."""
-        return self._handlers["fit"](ctx, ins)
+        self._mods = tuple(mods)
+        call: Handler = self._dispatch
+        for layer in reversed(self._mods):
+            replaced = frozenset(layer.phases) & set(self._handlers)
+            call = functools.partial(_through, layer, replaced, call)
+        self._call = call
 
     @property
     def phases(self) -> tuple[str, ...]:
         """The phases this client can handle."""
-        return tuple(self._handlers)
+        extra = [p for m in self._mods for p in m.phases if p not in self._handlers]
+        return tuple(dict.fromkeys([*self._handlers, *extra]))
+
+    @property
+    def mods(self) -> tuple[Mod, ...]:
+        """The mods, outermost first."""
+        return self._mods
 
     def handle(self, ctx: ClientContext, ins: Instruction) -> Reply:
-        """Run the handler of ``ins.phase``; failures come out as :class:`ClientError`."""
-        handler = self._handlers.get(ins.phase)
-        if handler is None:
+        """Run ``ins`` through the mods to its phase's handler; failures come out as
+        :class:`ClientError`."""
+        if ins.phase not in self.phases:
             raise ClientError(ctx.client_id, ins.round, ins.phase, "no handler for this phase")
         try:
-            return handler(ctx, ins)
+            return self._call(ctx, ins)
         except ClientError:
             raise
         except Exception as exc:  # any failure in user code is reported with where it happened
             reason = f"{type(exc).__name__}: {exc}"
             raise ClientError(ctx.client_id, ins.round, ins.phase, reason) from exc
+
+    def _dispatch(self, ctx: ClientContext, ins: Instruction) -> Reply:
+        handler = self._handlers.get(ins.phase)
+        if handler is None:
+            raise ClientError(ctx.client_id, ins.round, ins.phase, "no handler for this phase")
+        return handler(ctx, ins)
+
+
+def _through(
+    layer: Mod, replaced: frozenset[str], call_next: Handler, ctx: ClientContext, ins: Instruction
+) -> Reply:
+    if ins.phase in replaced:  # the app has its own handler for a phase this mod answers
+        return call_next(ctx, ins)
+    return layer(ctx, ins, call_next)

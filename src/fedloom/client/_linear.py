@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from fedloom.client._trainer import EvalResult, FitResult, proximal_mu, setting
+from fedloom.client._trainer import proximal_mu
 from fedloom.data import ArrayData
 from fedloom.errors import ConfigError
-from fedloom.messages import Config
+from fedloom.messages import Config, EvalResult, FitResult, setting
 from fedloom.params import ParamSpec, Vector
 
 __all__ = ["LinearTrainer"]

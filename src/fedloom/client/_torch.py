@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from fedloom.client._local_dp import BATCH_METRIC, DPSGD, STEPS_METRIC, LocalDP
-from fedloom.client._trainer import EvalResult, FitResult, proximal_mu, setting
+from fedloom.client._trainer import proximal_mu
 from fedloom.data import ArrayData
-from fedloom.messages import Config
+from fedloom.messages import Config, EvalResult, FitResult, setting
 from fedloom.params import ParamSpec, Vector
+from fedloom.privacy import BATCH_METRIC, DPSGD, STEPS_METRIC, LocalDP
 
 if TYPE_CHECKING:
     import torch

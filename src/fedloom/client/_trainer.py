@@ -3,49 +3,21 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from fedloom.data import ArrayData
 from fedloom.errors import ConfigError
-from fedloom.messages import Config, Metrics
+from fedloom.messages import Config, EvalResult, FitResult, setting
 from fedloom.params import ParamSpec, Vector
 
 __all__ = [
     "CorrectableTrainer",
-    "EvalResult",
-    "FitResult",
     "Trainer",
     "client_seed",
     "proximal_mu",
-    "setting",
 ]
-
-
-@dataclass(frozen=True)
-class FitResult:
-    """Trained parameters, the number of examples trained on, and training metrics.
-
-    ``steps`` (local optimizer steps taken) and ``lr`` (the local learning rate) are what
-    SCAFFOLD's control variate update needs; trainers that support SCAFFOLD report them.
-    """
-
-    parameters: Vector
-    num_examples: int
-    metrics: Metrics = field(default_factory=dict)
-    steps: int | None = None
-    lr: float | None = None
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Mean loss and accuracy over ``num_examples`` examples."""
-
-    loss: float
-    accuracy: float
-    num_examples: int
 
 
 class Trainer(Protocol):
@@ -102,16 +74,6 @@ def proximal_mu(config: Config) -> float:
     if mu < 0:
         raise ConfigError(f"client setting 'mu' must be at least 0, got {mu}")
     return mu
-
-
-def setting(config: Config, key: str, default: float, kind: type[float] | type[int]) -> float:
-    """``config[key]`` as ``kind`` (int or float), ``default`` when absent; a clear error else."""
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"client setting {key!r} must be a number, got {value!r}")
-    if kind is int and int(value) != value:
-        raise ConfigError(f"client setting {key!r} must be a whole number, got {value!r}")
-    return kind(value)
 
 
 def client_seed(run_seed: int, round: int, client_id: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -17,6 +18,7 @@ __all__ = [
     "HEART_SITES",
     "find_mnist_files",
     "impute_and_standardise",
+    "load_client_data",
     "load_heart_disease",
     "load_leaf",
     "load_mnist_idx",
@@ -295,3 +297,64 @@ def _leaf_users(doc: Any) -> dict[str, ArrayData]:
             raise ValueError(f"user {user!r} has non-integer labels")
         out[str(user)] = ArrayData(x, y.astype(np.int64))
     return out
+
+
+def load_client_data(path: str, label: str = "label", user: str | None = None) -> ArrayData:
+    """A client's own data from its files.
+
+    A ``.csv`` with a header and a ``label`` column (every other column a feature), a ``.npz``
+    with arrays ``x`` and ``y``, a folder of MNIST IDX files (the ``train`` pair, else
+    ``t10k``), or a LEAF ``.json`` file (the one user in it, or ``user``).
+    """
+    file = Path(path)
+    if not file.exists():
+        raise DataError(f"data path {path} does not exist")
+    if file.is_dir():
+        pairs = find_mnist_files(file)
+        images, labels = pairs.get("train") or pairs["t10k"]
+        return load_mnist_idx(images, labels)
+    if file.suffix == ".npz":
+        with np.load(file) as arrays:
+            if "x" not in arrays or "y" not in arrays:
+                raise DataError(f"{path} must hold arrays named x and y")
+            return ArrayData(arrays["x"].reshape(len(arrays["x"]), -1), arrays["y"])
+    if file.suffix == ".json":
+        return _leaf_user(file, user)
+    if file.suffix == ".csv":
+        return _csv(file, label)
+    raise DataError(
+        f"{path}: give a .csv (with a label column), a .npz (x, y), a folder of MNIST IDX "
+        "files or a LEAF .json file"
+    )
+
+
+def _csv(file: Path, label: str) -> ArrayData:
+    with file.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or label not in rows[0]:
+        raise DataError(f"{file}: no {label!r} column in the header; name it with --label")
+    col = rows[0].index(label)
+    try:
+        values = np.array([[float(v) for v in r] for r in rows[1:]], dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"{file}: a value is not a number: {exc}") from None
+    if values.ndim != 2 or len(values) == 0:
+        raise DataError(f"{file}: no rows, or rows of different lengths")
+    labels = values[:, col]
+    if not np.all(labels == np.round(labels)):
+        raise DataError(f"{file}: the {label!r} column must hold whole-number classes")
+    return ArrayData(np.delete(values, col, axis=1), labels.astype(np.int64))
+
+
+def _leaf_user(file: Path, user: str | None) -> ArrayData:
+    try:
+        users = _leaf_users(json.loads(file.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{file} is not a LEAF JSON file: {exc}") from None
+    if user is None:
+        if len(users) != 1:
+            raise DataError(f"{file} holds {len(users)} users; pick one with --user")
+        return next(iter(users.values()))
+    if user not in users:
+        raise DataError(f"{file} has no user {user!r}")
+    return users[user]

@@ -1,5 +1,6 @@
-"""Differential privacy: the privacy accountant of user-level DP-FedAvg, on dp-accounting, and a
-membership inference audit that measures what a trained model leaks."""
+"""Differential privacy: the links of the update chain that clip and noise (central and
+distributed DP), DP-SGD for local DP, the privacy accountants and run ledgers, and the
+membership inference attack that measures what a trained model leaks."""
 
 from fedloom.privacy._accountant import (
     ACCOUNTANTS,
@@ -11,24 +12,57 @@ from fedloom.privacy._accountant import (
     noise_for_epsilon,
     rounds_within,
 )
-from fedloom.privacy._audit import (
+from fedloom.privacy._central import AdaptiveClipping, CentralDP, ClipState
+from fedloom.privacy._discrete import DistributedLedger, discrete_gaussian
+from fedloom.privacy._distributed import (
+    DistributedDP,
+    DistributedNoise,
+    distributed_noise,
+    encode_noised,
+)
+from fedloom.privacy._ledger import CentralPrivacy, DistributedPrivacy, RunPrivacy
+from fedloom.privacy._local import (
+    BATCH_METRIC,
+    DPSGD,
+    EPSILON_METRIC,
+    STEPS_METRIC,
+    LocalDP,
+    StepCount,
+)
+from fedloom.privacy._membership import (
     MembershipResult,
-    RunAudit,
     advantage_ceiling,
-    audit_run,
+    balanced_indices,
     membership_attack,
 )
 
 __all__ = [
     "ACCOUNTANTS",
+    "BATCH_METRIC",
+    "DPSGD",
+    "EPSILON_METRIC",
     "SAMPLINGS",
+    "STEPS_METRIC",
+    "AdaptiveClipping",
+    "CentralDP",
+    "CentralPrivacy",
+    "ClipState",
+    "DistributedDP",
+    "DistributedLedger",
+    "DistributedNoise",
+    "DistributedPrivacy",
+    "LocalDP",
     "Mechanism",
     "MembershipResult",
     "PrivacyLedger",
-    "RunAudit",
+    "RunPrivacy",
+    "StepCount",
     "advantage_ceiling",
-    "audit_run",
+    "balanced_indices",
     "check_delta",
+    "discrete_gaussian",
+    "distributed_noise",
+    "encode_noised",
     "epsilon",
     "membership_attack",
     "noise_for_epsilon",

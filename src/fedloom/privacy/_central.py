@@ -17,18 +17,19 @@ privacy as ``z`` alone.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from fedloom.errors import ConfigError
-from fedloom.messages import ClientUpdate
-from fedloom.strategy import Aggregate
+from fedloom.messages import ClientUpdate, Config, Metrics
+from fedloom.strategy import Total
 
-__all__ = ["AdaptiveClipping", "ClipState", "DPMean"]
+__all__ = ["AdaptiveClipping", "CentralDP", "ClipState"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -69,11 +70,16 @@ class ClipState:
     clip_norm: float
     rounds: int = 0
     unclipped_fraction: float = float("nan")
+    unclipped: int = 0  # this round's updates that fit so far (the exact count, never released)
 
 
 @dataclass(frozen=True)
-class DPMean:
-    """The noised mean of clipped updates: DP-FedAvg's aggregation.
+class CentralDP:
+    """DP-FedAvg as a server link of the update chain: clip each update, noise the sum.
+
+    Its per-update half scales each update down to L2 norm at most C and gives it weight 1; its
+    on-the-sum half adds Gaussian noise of standard deviation ``z_update·C`` to the sum, divides
+    by m (the fixed denominator), and, with adaptive clipping, moves C.
 
     Parameters
     ----------
@@ -98,6 +104,13 @@ class DPMean:
     adaptive: AdaptiveClipping | None = None
     seed: int | None = None
 
+    name: ClassVar[str] = "--dp central"
+    side: ClassVar[Literal["server"]] = "server"
+    linear: ClassVar[bool] = False
+    alternative: ClassVar[str] = (
+        "use --dp distributed, where each client clips and adds its share of the noise"
+    )
+
     def __post_init__(self) -> None:
         if not self.clip_norm > 0:
             raise ConfigError(f"--clip-norm must be positive, got {self.clip_norm}")
@@ -116,7 +129,12 @@ class DPMean:
 
     @property
     def update_noise_multiplier(self) -> float:
-        """The noise multiplier the update gets: z itself, or less with adaptive clipping."""
+        """The noise multiplier the update gets: z itself, or more with adaptive clipping.
+
+        The clipped count's noise spends part of the budget, so the update's own noise must
+        grow to keep the total at z: ``z_update = (z⁻² - (2sigma_b)⁻²)^(-1/2) > z`` (Andrew et
+        al. 2021, Theorem 1).
+        """
         z = self.noise_multiplier
         if self.adaptive is None or z == 0:
             return z
@@ -126,33 +144,37 @@ class DPMean:
     def init(self, dim: int) -> ClipState:
         return ClipState(self.clip_norm)
 
-    def aggregate(
-        self, updates: Iterable[ClientUpdate], dim: int, state: ClipState
-    ) -> tuple[Aggregate, ClipState]:
+    def one(self, update: ClientUpdate, state: ClipState) -> tuple[ClientUpdate, ClipState]:
+        """The update clipped to L2 norm C (in float64) with weight 1; counts it if it fit."""
         clip = state.clip_norm
-        total = np.zeros(dim, dtype=np.float64)
-        count = unclipped = 0
-        weight = 0.0
-        for update in updates:
-            vec = update.vector.astype(np.float64)
-            norm = float(np.linalg.norm(vec))
-            if norm <= clip:
-                unclipped += 1
-            else:
-                vec *= clip / norm
-            total += vec
-            count += 1
-            weight += update.weight
+        vec = update.vector.astype(np.float64)
+        norm = float(np.linalg.norm(vec))
+        if norm <= clip:
+            state = dataclasses.replace(state, unclipped=state.unclipped + 1)
+        else:
+            vec *= clip / norm
+        return ClientUpdate(update.client_id, vec, 1.0, update.metrics), state
+
+    def total(self, total: Total, state: ClipState) -> tuple[Total, ClipState, Metrics]:
+        """The noised sum over m; the next clip norm (and, adaptive, the noised count)."""
+        clip = state.clip_norm
         rng = np.random.default_rng(None if self.seed is None else [self.seed, state.rounds])
         m = self.expected_clients
-        total += rng.normal(0.0, self.update_noise_multiplier * clip, size=dim)
-        mean = (total / m).astype(np.float32)
+        dim = total.vector.shape[0]
+        noised = total.vector + rng.normal(0.0, self.update_noise_multiplier * clip, size=dim)
         released = math.nan
         if self.adaptive is not None:
             a = self.adaptive
-            noisy = float(unclipped)
+            noisy = float(state.unclipped)
             if self.noise_multiplier:
                 noisy += rng.normal(0.0, a.count_noise * m)
             released = noisy / m
             clip *= math.exp(-a.learning_rate * (released - a.target_quantile))
-        return Aggregate(mean, count, weight), ClipState(clip, state.rounds + 1, released)
+        metrics = {"clip_norm": clip}
+        if not math.isnan(released):
+            metrics["unclipped_fraction"] = released
+        after = ClipState(clip, state.rounds + 1, released)
+        return Total(noised, total.weight, total.count, denominator=m), after, metrics
+
+    def to_config(self) -> Config:
+        return {}

@@ -31,19 +31,17 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fedloom.errors import ConfigError
 from fedloom.messages import Config
 from fedloom.secagg._crypto import NONCE_BYTES, TAG_BYTES
-from fedloom.secagg._encoding import FixedPoint
 from fedloom.secagg._shamir import SHARE_BYTES, Y_BYTES
 
 __all__ = [
     "PHASES",
     "RELEASED_BYTES",
     "SEALED_BYTES",
-    "DistributedNoise",
     "SecAggSettings",
     "mask_sign",
     "pack_ids",
@@ -66,37 +64,11 @@ MASK_INFO = b"fedloom secagg pairwise mask"
 
 
 @dataclass(frozen=True)
-class DistributedNoise:
-    """Distributed DP's encoding: what each client does to its update instead of the fixed-point
-    encoding's per-value clip (see :mod:`fedloom.privacy._discrete` for the guarantee).
-
-    Parameters
-    ----------
-    clip_norm
-        C: the update is scaled down to L2 norm at most C.
-    scale
-        s: integer steps per unit; the clipped update times s is rounded to the nearest integer.
-    sigma
-        The standard deviation, in integer steps, of the discrete Gaussian noise each client adds
-        to every coordinate; 0 adds none.
-    """
-
-    clip_norm: float
-    scale: float
-    sigma: float
-
-    def __post_init__(self) -> None:
-        for name in ("clip_norm", "scale"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"distributed DP {name} must be positive, got {value}")
-        if not (math.isfinite(self.sigma) and self.sigma >= 0):
-            raise ConfigError(f"distributed DP sigma must be 0 or more, got {self.sigma}")
-
-
-@dataclass(frozen=True)
 class SecAggSettings:
     """The parameters of the protocol, the same on the server and every client.
+
+    How an update becomes integers mod 2^k (the fixed-point encoding, or distributed DP's) is
+    not the protocol's business: it is the last client link of the strategy's update chain.
 
     Parameters
     ----------
@@ -108,22 +80,10 @@ class SecAggSettings:
     degree
         ``None`` for SecAgg (every client masks with every other); a number for SecAgg+ (each
         client masks with ``degree`` neighbours of a random Harary graph).
-    encoding
-        How updates become integers mod 2^k (clip, bits, modulus bits).
-    weight_bound
-        W: a client's weight is its example count capped at W; it sends ``w/W * update``, so
-        the encoded values stay within the clip range, and ``w`` as an exact integer.
-    noise
-        Distributed DP: each client L2-clips, scales and rounds its update and adds discrete
-        Gaussian noise, with weight 1 (the encoding's clip, bits and W are then unused; only its
-        modulus bits count).
     """
 
     threshold: float = 2 / 3
     degree: int | None = None
-    encoding: FixedPoint = field(default_factory=FixedPoint)
-    weight_bound: int = 1000
-    noise: DistributedNoise | None = None
 
     def __post_init__(self) -> None:
         if not 0.5 < self.threshold <= 1.0:
@@ -133,8 +93,6 @@ class SecAggSettings:
             )
         if self.degree is not None and self.degree < 2:
             raise ConfigError(f"--secagg-degree must be at least 2, got {self.degree}")
-        if self.weight_bound < 1:
-            raise ConfigError(f"--secagg-weight-bound must be at least 1, got {self.weight_bound}")
 
     def shares_needed(self, neighbours: int) -> int:
         """t for a client with ``neighbours`` neighbours: more than half of them."""
@@ -142,48 +100,14 @@ class SecAggSettings:
 
     def to_config(self) -> Config:
         """The settings as client config (``secagg.*`` keys)."""
-        enc = self.encoding
-        return {
-            "secagg.threshold": self.threshold,
-            "secagg.degree": self.degree or 0,
-            "secagg.clip": enc.clip,
-            "secagg.bits": enc.bits,
-            "secagg.modulus_bits": enc.modulus_bits,
-            "secagg.weight_bound": self.weight_bound,
-            **(
-                {
-                    "secagg.dp_clip": self.noise.clip_norm,
-                    "secagg.dp_scale": self.noise.scale,
-                    "secagg.dp_sigma": self.noise.sigma,
-                }
-                if self.noise is not None
-                else {}
-            ),
-        }
+        return {"secagg.threshold": self.threshold, "secagg.degree": self.degree or 0}
 
     @classmethod
     def from_config(cls, config: Config) -> SecAggSettings:
         """The settings a client was sent; a clear error when they are missing or malformed."""
         try:
             degree = int(config["secagg.degree"])
-            noise = None
-            if "secagg.dp_scale" in config:
-                noise = DistributedNoise(
-                    float(config["secagg.dp_clip"]),
-                    float(config["secagg.dp_scale"]),
-                    float(config["secagg.dp_sigma"]),
-                )
-            return cls(
-                threshold=float(config["secagg.threshold"]),
-                degree=degree or None,
-                encoding=FixedPoint(
-                    float(config["secagg.clip"]),
-                    int(config["secagg.bits"]),
-                    int(config["secagg.modulus_bits"]),
-                ),
-                weight_bound=int(config["secagg.weight_bound"]),
-                noise=noise,
-            )
+            return cls(threshold=float(config["secagg.threshold"]), degree=degree or None)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"secure aggregation settings missing or malformed: {exc}") from None
 

@@ -13,13 +13,14 @@ import itertools
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from fedloom.errors import ConfigError, RoundFailedError
+from fedloom.errors import RoundFailedError
 from fedloom.messages import Instruction, Reply
 from fedloom.params import Vector
 from fedloom.secagg._client import pairwise_mask_seeds, self_seed_commitment
@@ -38,7 +39,7 @@ from fedloom.secagg._protocol import (
     pack_map,
 )
 from fedloom.secagg._shamir import interpolate
-from fedloom.strategy import Aggregate, RoundContext, RoundOutcome, RoundSteps, WeightedMean
+from fedloom.strategy import RoundContext, RoundOutcome, RoundSteps, Total, check_sum_only
 
 __all__ = ["SecAggRound"]
 
@@ -88,30 +89,26 @@ class _View:
 class SecAggRound:
     """Secure aggregation of the round's updates (SecAgg, or SecAgg+ with a ``degree``).
 
-    Only a weighted mean composes with it: the server sees the sum and nothing else. The
-    aggregate is ``Σ w_i Δ_i / Σ w_i`` with each ``Δ_i`` clipped to the encoding's range and
-    ``w_i`` the example count capped at the weight bound; it equals the plain weighted mean to
-    within :meth:`error_bound`.
+    It works with the strategy's update chain (:class:`~fedloom.strategy.Chain`), whose client
+    links end in an integer encoding: it sends the chain's settings with the keys phase, masks
+    and sums the encoded updates, and hands the unmasked sum to :meth:`Chain.finish`, which
+    decodes it. With the fixed-point encoding the aggregate is ``Σ w_i Δ_i / Σ w_i`` with each
+    ``Δ_i`` clipped to the encoding's range and ``w_i`` the example count capped at the weight
+    bound, to within the encoding's ``error_bound_of_mean``. Nothing is unmasked when fewer
+    inputs arrived than the chain's ``min_contributors`` (distributed DP's least noise).
 
     Parameters
     ----------
     settings
-        Threshold, degree, encoding and weight bound, sent to every client.
+        Threshold and degree, sent to every client.
     seed
         Seeds SecAgg+'s neighbour graph (a fresh graph each round).
-    denominator
-        Under distributed DP (``settings.noise``): the noised sum of the clipped updates is
-        divided by this fixed number (the clients a round expects, as in DP-FedAvg) rather than
-        by the number that took part; ``None`` divides by the latter.
-    min_contributors
-        Under distributed DP: the fewest masked inputs (and so the least noise) a round may
-        unmask; with fewer, it fails before anything is unmasked.
     """
 
     settings: SecAggSettings = field(default_factory=SecAggSettings)
     seed: int = 0
-    denominator: int | None = None
-    min_contributors: int = 0
+
+    hides_updates: ClassVar[bool] = True
 
     def init(self, parameters: Vector) -> None:
         return None
@@ -126,23 +123,13 @@ class SecAggRound:
         )
         return max(2, self.settings.shares_needed(span))
 
-    def error_bound(self, count: int, total_weight: float) -> float:
-        """The largest per-coordinate difference between the decoded mean and the weighted mean
-        of the clipped updates, for ``count`` clients of summed weight ``total_weight``."""
-        bound = self.settings.encoding.error_bound(count)
-        return bound * self.settings.weight_bound / total_weight
-
     def run(self, ctx: RoundContext) -> RoundSteps:
-        if not isinstance(ctx.aggregator, WeightedMean):
-            raise ConfigError(
-                "secure aggregation reveals only the sum of the updates, so it composes only "
-                f"with the weighted mean, not with {type(ctx.aggregator).__name__}"
-            )
+        chain, encoding = check_sum_only(ctx.aggregator)
         settings = self.settings
-        k = settings.encoding.modulus_bits
-        count = ctx.parameters.shape[0] + 1
+        k = encoding.modulus_bits
+        count = encoding.encoded_size(ctx.parameters.shape[0])
         view = _View(ctx.round, frozenset(ctx.selected))
-        config = {**ctx.config, **settings.to_config()}
+        config = {**ctx.config, **settings.to_config(), **chain.client_config()}
 
         # 1. advertise keys (and train)
         start = Instruction(ctx.round, KEYS, ctx.parameters, config)
@@ -220,13 +207,9 @@ class SecAggRound:
             np.add(total, np.frombuffer(raw, dtype=word), out=total)
             u3.append(reply.client_id)
         self._enough(ctx.round, MASKED, len(u3), least)
-        if len(u3) < self.min_contributors:
+        if len(u3) < chain.min_contributors:
             raise RoundFailedError(
-                ctx.round,
-                MASKED,
-                len(u3),
-                self.min_contributors,
-                "distributed DP needs the noise of this many clients; nothing was unmasked",
+                ctx.round, MASKED, len(u3), chain.min_contributors, chain.requirement
             )
 
         # 4. unmask
@@ -285,25 +268,14 @@ class SecAggRound:
                 prg_into(seed, total, subtract=mask_sign(u, v) > 0)
 
         total = total.astype(np.uint64) & np.uint64((1 << k) - 1)
-        if settings.noise is not None:
-            shift = 64 - k  # sign-extend bit k-1: the noised sum is read as signed
-            signed = (total[:-1] << np.uint64(shift)).view(np.int64) >> shift
-            weight = float(len(u3))
-            mean = signed / (settings.noise.scale * (self.denominator or len(u3)))
-        else:
-            weight = float(int(total[-1]))
-            summed = settings.encoding.decode_sum(total[:-1], len(u3))
-            mean = summed * (settings.weight_bound / weight) if weight > 0 else summed * 0.0
+        aggregate, chain_state = chain.finish(Total(total, 0.0, len(u3)), ctx.aggregator_state)
         log.info(
             "round %d: secure sum of %d clients (%d dropped after sharing)",
             ctx.round,
             len(u3),
             len(dropped),
         )
-        aggregate = Aggregate(mean.astype(np.float32), len(u3), weight)
-        return RoundOutcome(
-            aggregate, ctx.aggregator_state, {}, view.rejected, accepted=tuple(sorted(u3))
-        )
+        return RoundOutcome(aggregate, chain_state, {}, view.rejected, accepted=tuple(sorted(u3)))
 
     @staticmethod
     def _enough(round: int, phase: str, have: int, need: int) -> None:

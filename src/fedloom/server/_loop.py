@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedloom.client import EvalResult
 from fedloom.errors import RoundFailedError
-from fedloom.messages import Config, Instruction, Reply, RoundRecord
+from fedloom.messages import Config, EvalResult, Instruction, Reply, RoundRecord
 from fedloom.params import ParamSpec, Vector
 from fedloom.server._checkpoint import Checkpoint, save_checkpoint
 from fedloom.server._fleet import Fleet
@@ -127,7 +126,7 @@ def run_rounds(
     ``resume`` continues a run after its last completed round, with its history and the
     strategy's states; ``on_commit`` is given each new state (to persist it) before the next
     round starts. ``round_metrics(round, outcome)`` adds metrics to each round's record (the
-    privacy spent, say).
+    privacy spent, say), and so does the aggregate (its ``metrics``: the next clip norm, say).
 
     Raises
     ------
@@ -185,6 +184,7 @@ def run_rounds(
             metrics={
                 **{k: v for k, v in metrics.items() if k != "train_loss"},
                 **(round_metrics(round, outcome) if round_metrics is not None else {}),
+                **outcome.aggregate.metrics,
             },
         )
         history = history.append(record)

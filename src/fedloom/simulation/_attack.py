@@ -1,8 +1,9 @@
 """Adversarial clients, for testing how a strategy's defences hold up in simulation.
 
 A fraction of the clients is malicious; :meth:`Attack.choose` draws them once, from the run's
-seed, and they stay the same for the whole run. :func:`attacked_app` gives them a fit handler
-that sends a poisoned update instead of their honest one; honest clients, and every client's
+seed, and they stay the same for the whole run. :func:`attack_mod` is a client mod that makes
+them send a poisoned update instead of their honest one wherever they train (a plain fit, or
+secure aggregation's key phase, which trains through it); honest clients, and every client's
 evaluation, are untouched. ``k`` is :attr:`Attack.scale`.
 
 ``sign-flip``
@@ -34,14 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from fedloom.client import ClientApp, ClientContext, client_seed
+from fedloom.client import ClientContext, Handler, Mod, client_seed, mod
 from fedloom.data import ArrayData, ClientData
 from fedloom.errors import ClientError, ConfigError
 from fedloom.messages import Instruction, Reply
 from fedloom.params import Vector
-from fedloom.strategy._sampler import round_half_up
+from fedloom.strategy import round_half_up
 
-__all__ = ["ATTACKS", "SIGN_FLIP_SCALE", "Attack", "attacked_app"]
+__all__ = ["ATTACKS", "SIGN_FLIP_SCALE", "Attack", "attack_mod"]
 
 ATTACKS: tuple[str, ...] = ("sign-flip", "gaussian", "label-flip", "scale")
 
@@ -140,15 +141,17 @@ def _flip_labels(data: ArrayData, num_classes: int) -> ArrayData:
     return ArrayData(data.x, num_classes - 1 - data.y)
 
 
-def attacked_app(
+def attack_mod(
     attack: Attack,
     malicious: Collection[str],
     *,
     num_classes: int,
     cohort_size: int,
-    base: ClientApp | None = None,
-) -> ClientApp:
-    """A client runtime in which the ``malicious`` clients send poisoned fit updates.
+) -> Mod:
+    """A client mod with which the ``malicious`` clients send poisoned fit updates.
+
+    Put it inside secure aggregation's mod (``(secagg_mod, attack_mod(...), ...)``, as
+    ``fedloom.recipes`` does), so that the update a malicious client masks is the poisoned one.
 
     Parameters
     ----------
@@ -160,9 +163,6 @@ def attacked_app(
         The number of label classes (``label-flip`` and ``scale`` flip labels over them).
     cohort_size
         Clients per round: ``scale``'s default boost.
-    base
-        The runtime to attack: it runs every honest client's fit, everyone's other phases, and
-        the malicious clients' training before poisoning; ``ClientApp()`` by default.
 
     Raises
     ------
@@ -173,17 +173,13 @@ def attacked_app(
         raise ConfigError(f"label flipping needs at least 2 classes, got {num_classes}")
     if cohort_size < 1:
         raise ConfigError(f"cohort_size must be at least 1, got {cohort_size}")
-    runtime = base if base is not None else ClientApp()
     bad = frozenset(malicious)
     default = {"sign-flip": SIGN_FLIP_SCALE, "gaussian": 1.0, "scale": float(cohort_size)}
     k = attack.scale if attack.scale is not None else default.get(attack.kind, 1.0)
 
-    def delegate(ctx: ClientContext, ins: Instruction) -> Reply:
-        return runtime.handle(ctx, ins)
-
-    def fit(ctx: ClientContext, ins: Instruction) -> Reply:
-        if ctx.client_id not in bad:
-            return runtime.handle(ctx, ins)
+    def poisoned(ctx: ClientContext, ins: Instruction, call_next: Handler) -> Reply:
+        if ins.phase != "fit" or ctx.client_id not in bad:
+            return call_next(ctx, ins)
         if attack.kind in ("label-flip", "scale"):
             train = ctx.data.train
             if len(train) and (train.y.min() < 0 or train.y.max() >= num_classes):
@@ -193,12 +189,12 @@ def attacked_app(
                 )  # fmt: skip
             data = ClientData(_flip_labels(train, num_classes), ctx.data.test)
             ctx = dataclasses.replace(ctx, data=data)  # the same state mapping
-        honest = runtime.handle(ctx, ins)
+        honest = call_next(ctx, ins)
         if honest.vector is None:
             return honest
         return dataclasses.replace(honest, vector=_poison(attack.kind, k, honest.vector, ctx, ins))
 
-    return ClientApp({**dict.fromkeys(runtime.phases, delegate), "fit": fit})
+    return mod()(poisoned)
 
 
 def _poison(kind: str, k: float, update: Vector, ctx: ClientContext, ins: Instruction) -> Vector:

@@ -32,7 +32,7 @@ import numpy as np
 from fedloom.errors import ConfigError
 from fedloom.messages import Instruction, Reply
 from fedloom.server import Fleet
-from fedloom.strategy._sampler import round_half_up
+from fedloom.strategy import round_half_up
 
 __all__ = ["RoundConditions", "SimulatedConditions"]
 

@@ -1,11 +1,21 @@
-"""Strategies and their pieces: samplers, aggregators, server optimizers, round mechanisms."""
+"""Strategies and their pieces: samplers, aggregators, server optimizers, round mechanisms, and
+the update chain that privacy and compression plug into."""
 
 from fedloom.strategy._aggregate import (
-    Aggregate,
     Aggregator,
+    Total,
     WeightedMean,
     required_updates,
     requirement,
+    weighted_sum,
+)
+from fedloom.strategy._chain import (
+    Chain,
+    Encoding,
+    Link,
+    check_sum_only,
+    compose,
+    hides_updates,
 )
 from fedloom.strategy._mechanism import (
     PlainRound,
@@ -16,8 +26,20 @@ from fedloom.strategy._mechanism import (
 )
 from fedloom.strategy._optimizer import AdaptiveState, ServerAdaptive, ServerOptimizer, ServerSGD
 from fedloom.strategy._robust import Bulyan, Krum, Median, MultiKrum, TrimmedMean
-from fedloom.strategy._sampler import AllClients, CountSampler, FractionSampler, Sampler
-from fedloom.strategy._scaffold import ScaffoldRound
+from fedloom.strategy._sampler import (
+    AllClients,
+    CountSampler,
+    FractionSampler,
+    Sampler,
+    round_half_up,
+)
+from fedloom.strategy._scaffold import (
+    CONTROL_DELTA_KEY,
+    CONTROL_KEY,
+    ScaffoldRound,
+    control_update,
+    decode_vector,
+)
 from fedloom.strategy._strategy import (
     STRATEGIES,
     STRATEGY_OPTIONS,
@@ -38,16 +60,20 @@ from fedloom.strategy._strategy import (
 )
 
 __all__ = [
+    "CONTROL_DELTA_KEY",
+    "CONTROL_KEY",
     "STRATEGIES",
     "STRATEGY_OPTIONS",
     "AdaptiveState",
-    "Aggregate",
     "Aggregator",
     "AllClients",
     "Bulyan",
+    "Chain",
     "CountSampler",
+    "Encoding",
     "FractionSampler",
     "Krum",
+    "Link",
     "Median",
     "MultiKrum",
     "PlainRound",
@@ -61,21 +87,29 @@ __all__ = [
     "ServerOptimizer",
     "ServerSGD",
     "Strategy",
+    "Total",
     "TrimmedMean",
     "WeightedMean",
     "bulyan",
+    "check_sum_only",
+    "compose",
+    "control_update",
+    "decode_vector",
     "fedadagrad",
     "fedadam",
     "fedavg",
     "fedavgm",
     "fedprox",
     "fedyogi",
+    "hides_updates",
     "krum",
     "make_strategy",
     "median",
     "multi_krum",
     "required_updates",
     "requirement",
+    "round_half_up",
     "scaffold",
     "trimmed_mean",
+    "weighted_sum",
 ]

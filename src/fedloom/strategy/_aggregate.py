@@ -16,24 +16,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
-from fedloom.messages import ClientUpdate
+from fedloom.messages import Aggregate, ClientUpdate
 from fedloom.params import Vector
 
-__all__ = ["Aggregate", "Aggregator", "WeightedMean", "required_updates", "requirement"]
-
-
-@dataclass(frozen=True)
-class Aggregate:
-    """The result of aggregating one round's updates.
-
-    ``count`` is the number of updates that went in and ``total_weight`` their summed weight;
-    with no updates, ``vector`` is all zeros and ``count`` is 0.
-    """
-
-    vector: Vector
-    count: int
-    total_weight: float
+__all__ = [
+    "Aggregator",
+    "Total",
+    "WeightedMean",
+    "required_updates",
+    "requirement",
+    "weighted_sum",
+]
 
 
 class Aggregator(Protocol):
@@ -63,6 +58,51 @@ def requirement(aggregator: Aggregator) -> str | None:
 
 
 @dataclass(frozen=True)
+class Total:
+    """A round's contributions before the mean: what the update chain's on-the-sum halves see.
+
+    Attributes
+    ----------
+    vector
+        ``Σ wᵢ·vᵢ`` in float64, or, under secure aggregation, the integers mod 2^k that the
+        clients' links encoded, until a link decodes them.
+    weight
+        ``Σ wᵢ``, the weights the sum was taken with.
+    count
+        How many updates went in.
+    denominator
+        What the mean divides by when it is not ``weight`` (DP-FedAvg's fixed number of
+        expected clients, say); ``None``: ``weight``.
+    """
+
+    vector: npt.NDArray[Any]
+    weight: float
+    count: int
+    denominator: float | None = None
+
+    def mean(self) -> Vector:
+        """``vector / denominator`` (or ``/ weight``) as float32; the sum itself when that is 0."""
+        by = self.weight if self.denominator is None else self.denominator
+        vector = self.vector / by if by > 0 else self.vector
+        out: Vector = vector.astype(np.float32)
+        return out
+
+
+def weighted_sum(updates: Iterable[ClientUpdate], dim: int) -> Total:
+    """``Σ wᵢ·vᵢ`` in float64 with one reused buffer, streaming over ``updates``."""
+    total = np.zeros(dim, dtype=np.float64)
+    scaled = np.empty(dim, dtype=np.float64)
+    weight_sum = 0.0
+    count = 0
+    for update in updates:
+        np.multiply(update.vector, update.weight, out=scaled, dtype=np.float64)
+        total += scaled
+        weight_sum += update.weight
+        count += 1
+    return Total(total, weight_sum, count)
+
+
+@dataclass(frozen=True)
 class WeightedMean:
     """The example-weighted mean of the updates: FedAvg's aggregation.
 
@@ -75,15 +115,5 @@ class WeightedMean:
     def aggregate(
         self, updates: Iterable[ClientUpdate], dim: int, state: None
     ) -> tuple[Aggregate, None]:
-        total = np.zeros(dim, dtype=np.float64)
-        scaled = np.empty(dim, dtype=np.float64)
-        weight_sum = 0.0
-        count = 0
-        for update in updates:
-            np.multiply(update.vector, update.weight, out=scaled, dtype=np.float64)
-            total += scaled
-            weight_sum += update.weight
-            count += 1
-        if weight_sum > 0:
-            total /= weight_sum
-        return Aggregate(total.astype(np.float32), count, weight_sum), state
+        total = weighted_sum(updates, dim)
+        return Aggregate(total.mean(), total.count, total.weight), state

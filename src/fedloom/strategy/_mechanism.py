@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedloom.messages import ClientUpdate, Config, Instruction, Reply
+from fedloom.messages import Aggregate, ClientUpdate, Config, Instruction, Reply
 from fedloom.params import Vector
-from fedloom.strategy._aggregate import Aggregate, Aggregator
+from fedloom.strategy._aggregate import Aggregator
 
 __all__ = ["PlainRound", "RoundContext", "RoundMechanism", "RoundOutcome", "RoundSteps"]
 

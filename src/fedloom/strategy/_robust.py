@@ -26,9 +26,8 @@ import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
 from fedloom.errors import ConfigError
-from fedloom.messages import ClientUpdate
+from fedloom.messages import Aggregate, ClientUpdate
 from fedloom.params import Vector
-from fedloom.strategy._aggregate import Aggregate
 
 __all__ = ["Bulyan", "Krum", "Median", "MultiKrum", "TrimmedMean"]
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from fedloom.errors import ConfigError
 
-__all__ = ["AllClients", "CountSampler", "FractionSampler", "Sampler"]
+__all__ = ["AllClients", "CountSampler", "FractionSampler", "Sampler", "round_half_up"]
 
 
 class Sampler(Protocol):

@@ -1,11 +1,17 @@
 """Deployment over gRPC: the server's fleet, the client runtime, TLS credentials.
 
-``fedloom server`` and ``fedloom client`` use these; in Python, serve any strategy with a
-:class:`GrpcFleet` behind :func:`start_server` and ``fedloom.run_rounds``, and run any
-``ClientApp`` and trainer with :func:`run_client`.
+``fedloom server`` and ``fedloom client`` (:mod:`fedloom.recipes`) use these; in Python, serve
+any strategy with a :class:`GrpcFleet` behind :func:`start_server` and ``fedloom.run_rounds``,
+and run any ``ClientApp`` and trainer with :func:`run_client`.
 """
 
-from fedloom.transport._certs import Credentials, create_federation, credentials, revoke
+from fedloom.transport._certs import (
+    Credentials,
+    create_federation,
+    credentials,
+    revoke,
+    revoked,
+)
 from fedloom.transport._client import ClientOptions, run_client
 from fedloom.transport._fleet import GrpcFleet
 from fedloom.transport._service import ServerOptions, start_server
@@ -18,6 +24,7 @@ __all__ = [
     "create_federation",
     "credentials",
     "revoke",
+    "revoked",
     "run_client",
     "start_server",
 ]

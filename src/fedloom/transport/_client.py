@@ -19,10 +19,10 @@ from typing import Any
 import grpc
 
 from fedloom.client import ClientApp, ClientContext
-from fedloom.errors import ClientError, FedloomError
+from fedloom.errors import ClientError, FedloomError, WireError
 from fedloom.transport._proto import fedloom_pb2 as pb
 from fedloom.transport._service import CLIENT_ID_METADATA, SERVICE
-from fedloom.transport._wire import WireError, decode, encode_reply
+from fedloom.transport._wire import decode, encode_reply
 
 __all__ = ["ClientOptions", "run_client"]
 

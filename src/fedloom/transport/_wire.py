@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedloom.errors import FedloomError
+from fedloom.errors import WireError
 from fedloom.messages import Instruction, Reply, Scalar
 from fedloom.params import Vector
 from fedloom.transport._proto import fedloom_pb2 as pb
@@ -21,7 +21,6 @@ from fedloom.transport._proto import fedloom_pb2 as pb
 __all__ = [
     "CHUNK_BYTES",
     "Message",
-    "WireError",
     "decode",
     "encode_instruction",
     "encode_reply",
@@ -32,10 +31,6 @@ CHUNK_BYTES = 1 << 20
 """The largest piece of a blob in one chunk: 1 MiB, far below gRPC's 4 MB message limit."""
 
 VECTOR = "vector"
-
-
-class WireError(FedloomError):
-    """A message on the wire is malformed, truncated or too large."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,14 @@
-"""Fixed-point encoding of float updates into integers mod ``2**k``, and the arithmetic on them.
+"""Fixed-point encoding of float updates into integers mod ``2**k``, as a link of the update
+chain, and the arithmetic on such integers.
 
 Secure aggregation masks and sums integers mod ``2**k`` (Bonawitz et al. 2017, section 3), so
 each client clips its update to ``[-clip, clip]``, scales it to a signed ``bits``-bit integer
 and stores that in two's complement mod ``2**k``. Sums of up to ``max_summands()`` such vectors
 cannot wrap, so the server reads the masked-then-unmasked total back as signed and divides.
+
+As a link (:class:`FixedPoint` runs on the client and is linear) it also carries the weight:
+a client of ``n`` examples sends ``encode(w/W * update)`` followed by ``w = min(n, W)`` itself,
+so the sum holds the weighted sum of the updates and the sum of the weights, and nothing else.
 Arrays of integers mod ``2**k`` are ``uint64`` for every ``k <= 64``: uint64 arithmetic wraps
 mod ``2**64`` and ``2**k`` divides ``2**64``, so masking the low ``k`` bits after it is exact.
 
@@ -22,11 +27,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from fedloom.errors import ConfigError
+from fedloom.messages import ClientUpdate, Config, Metrics
+from fedloom.strategy import Total
 
 __all__ = ["FixedPoint", "mod_add", "mod_sub", "pack", "unpack"]
 
@@ -46,11 +54,16 @@ class FixedPoint:
         2 to 32 (``--secagg-bits``).
     modulus_bits
         ``k``: sums are taken mod ``2**k``; ``bits < k <= 64`` (``--secagg-modulus-bits``).
+    weight_bound
+        W: a client's weight is its example count capped at W; it sends ``w/W * update``, so
+        the encoded values stay within the clip range, and ``w`` as an exact integer
+        (``--secagg-weight-bound``).
     """
 
     clip: float = 1.0
     bits: int = 20
     modulus_bits: int = 32
+    weight_bound: int = 1000
 
     def __post_init__(self) -> None:
         if not (isinstance(self.clip, int | float) and math.isfinite(self.clip) and self.clip > 0):
@@ -62,6 +75,12 @@ class FixedPoint:
                 f"--secagg-modulus-bits must be an integer from {self.bits + 1} to 64 (above "
                 f"--secagg-bits = {self.bits}), got {self.modulus_bits!r}"
             )
+        if not (_is_int(self.weight_bound) and self.weight_bound >= 1):
+            raise ConfigError(f"--secagg-weight-bound must be at least 1, got {self.weight_bound}")
+
+    name: ClassVar[str] = "the fixed-point encoding"
+    side: ClassVar[Literal["client"]] = "client"
+    linear: ClassVar[bool] = True
 
     @property
     def scale(self) -> float:
@@ -120,6 +139,56 @@ class FixedPoint:
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
         return count * 0.5 / self.scale + 4.0 * count * self.clip * 2.0**-53
+
+
+    def encoded_size(self, dim: int) -> int:
+        """``dim`` encoded values and the weight."""
+        return dim + 1
+
+    def init(self, dim: int) -> None:
+        return None
+
+    def one(self, update: ClientUpdate, state: None) -> tuple[ClientUpdate, None]:
+        """``encode(w/W * update)`` followed by ``w``, the example count capped at W."""
+        weight = min(update.weight, self.weight_bound)
+        scaled = update.vector.astype(np.float64) * (weight / self.weight_bound)
+        body = self.encode(scaled)
+        encoded = np.concatenate([body, np.array([weight], dtype=np.uint64)])
+        return ClientUpdate(update.client_id, encoded, weight, update.metrics), state
+
+    def total(self, total: Total, state: None) -> tuple[Total, None, Metrics]:
+        """The weighted sum of the clipped updates and the sum of the weights, decoded."""
+        weight = float(int(total.vector[-1]))
+        summed = self.decode_sum(total.vector[:-1], total.count)
+        return Total(summed * self.weight_bound, weight, total.count), state, {}
+
+    def to_config(self) -> Config:
+        return {
+            "secagg.clip": self.clip,
+            "secagg.bits": self.bits,
+            "secagg.modulus_bits": self.modulus_bits,
+            "secagg.weight_bound": self.weight_bound,
+        }
+
+    @classmethod
+    def from_config(cls, config: Config) -> FixedPoint | None:
+        """The encoding a client was sent; ``None`` when the config names none."""
+        if "secagg.clip" not in config:
+            return None
+        try:
+            return cls(
+                float(config["secagg.clip"]),
+                int(config["secagg.bits"]),
+                int(config["secagg.modulus_bits"]),
+                int(config["secagg.weight_bound"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"fixed-point encoding settings missing or malformed: {exc}") from None
+
+    def error_bound_of_mean(self, count: int, total_weight: float) -> float:
+        """The largest per-coordinate difference between the decoded mean and the weighted mean
+        of the clipped updates, for ``count`` clients of summed weight ``total_weight``."""
+        return self.error_bound(count) * self.weight_bound / total_weight
 
 
 def mod_add(a: Encoded, b: Encoded, modulus_bits: int) -> Encoded:

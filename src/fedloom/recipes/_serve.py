@@ -8,9 +8,7 @@ round. A client builds the model the server describes and trains on its own data
 
 from __future__ import annotations
 
-import csv
 import importlib
-import json
 import logging
 import math
 import pickle
@@ -19,30 +17,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
-
-from fedloom.client import ClientContext, EvalResult, Trainer, make_trainer
-from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig
-from fedloom.data import ArrayData, ClientData, load_dataset, load_mnist_idx
-from fedloom.data._files import _leaf_users, find_mnist_files
+from fedloom.client import ClientContext, Trainer, make_trainer
+from fedloom.config import SimulationConfig
+from fedloom.data import ClientData, load_dataset
 from fedloom.errors import ConfigError, DataError, RoundFailedError
+from fedloom.messages import EvalResult
 from fedloom.params import ParamSpec, Vector
+from fedloom.recipes._plan import local_sgd, plan
+from fedloom.recipes._simulate import stopper
 from fedloom.server import LoopState, Participation, RunResult, RunStore, run_rounds
-from fedloom.simulation._run import sampler_for, stopper, with_privacy
-from fedloom.strategy import RoundOutcome, make_strategy
-from fedloom.transport._certs import credentials, revoked
-from fedloom.transport._client import ClientOptions, run_client
-from fedloom.transport._fleet import GrpcFleet
-from fedloom.transport._service import ServerOptions, start_server
+from fedloom.strategy import RoundOutcome
+from fedloom.transport import (
+    ClientOptions,
+    GrpcFleet,
+    ServerOptions,
+    credentials,
+    revoked,
+    run_client,
+    start_server,
+)
 
-__all__ = [
-    "ServeSettings",
-    "load_client_data",
-    "load_trainer",
-    "model_description",
-    "serve",
-    "serve_client",
-]
+__all__ = ["ServeSettings", "load_trainer", "model_description", "serve", "serve_client"]
 
 log = logging.getLogger("fedloom.transport")
 
@@ -65,14 +60,14 @@ def model_description(
     cfg: SimulationConfig, input_shape: tuple[int, ...], classes: int
 ) -> dict[str, Any]:
     """What a client needs to build the run's model: sent when it joins."""
-    sgd = BUILTIN_MODEL_SGD
+    sgd = local_sgd(cfg)
     return {
         "model": cfg.model,
         "input_shape": list(input_shape),
         "num_classes": classes,
-        "lr": cfg.lr if cfg.lr is not None else sgd.lr,
-        "local_epochs": cfg.local_epochs or sgd.local_epochs,
-        "batch_size": cfg.batch_size or sgd.batch_size,
+        "lr": sgd.lr,
+        "local_epochs": sgd.local_epochs,
+        "batch_size": sgd.batch_size,
         "momentum": cfg.momentum,
     }
 
@@ -125,12 +120,6 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
         run_id = store.run_id or ""
         agg, opt, mech = pickle.loads(state.states) if state.states else (None, None, None)
         resume = LoopState(state.round, state.parameters, state.history, agg, opt, mech)
-        strategy = make_strategy(
-            cfg.strategy,
-            sampler_for(cfg, cfg.clients_per_round or cfg.min_clients),
-            **cfg.strategy_options(),
-        )
-        cohort = cfg.clients_per_round or cfg.clients or cfg.min_clients
         if cfg.local_dp_noise is not None:
             raise ConfigError(
                 "local DP is a client's own promise to its records, so a client must set it, "
@@ -141,10 +130,17 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                 f"--dp {cfg.dp} needs --clients N, the number of users in the federation: delta "
                 "must stay below 1/N"
             )
+        cohort = cfg.clients_per_round or cfg.clients or cfg.min_clients
         # the cohort comes from whoever is connected, so central DP takes no credit for sampling
-        strategy, privacy = with_privacy(
-            strategy, cfg, cohort, cfg.clients or cohort, trainer.spec.size, amplified=False
+        run = plan(
+            cfg,
+            population=cfg.clients or cohort,
+            dim=trainer.spec.size,
+            sampled_from=cfg.clients_per_round or cfg.min_clients,
+            cohort=cohort,
+            amplified=False,
         )
+        privacy = run.privacy
         if privacy is not None:
             privacy.replay(state.history)
         fleet = GrpcFleet(run_id, heartbeat_timeout=net.heartbeat_timeout)
@@ -181,7 +177,7 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
 
             return run_rounds(
                 fleet,
-                strategy,
+                run.strategy,
                 state.parameters,
                 rounds=cfg.rounds,
                 client_config=cfg.client_config(),
@@ -249,67 +245,6 @@ def _trainer(model: dict[str, Any]) -> Trainer:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"the server's model description is malformed: {exc}") from None
-
-
-def load_client_data(path: str, label: str = "label", user: str | None = None) -> ArrayData:
-    """A client's own data from its files.
-
-    A ``.csv`` with a header and a ``label`` column (every other column a feature), a ``.npz``
-    with arrays ``x`` and ``y``, a folder of MNIST IDX files (the ``train`` pair, else
-    ``t10k``), or a LEAF ``.json`` file (the one user in it, or ``user``).
-    """
-    file = Path(path)
-    if not file.exists():
-        raise DataError(f"data path {path} does not exist")
-    if file.is_dir():
-        pairs = find_mnist_files(file)
-        images, labels = pairs.get("train") or pairs["t10k"]
-        return load_mnist_idx(images, labels)
-    if file.suffix == ".npz":
-        with np.load(file) as arrays:
-            if "x" not in arrays or "y" not in arrays:
-                raise DataError(f"{path} must hold arrays named x and y")
-            return ArrayData(arrays["x"].reshape(len(arrays["x"]), -1), arrays["y"])
-    if file.suffix == ".json":
-        return _leaf_user(file, user)
-    if file.suffix == ".csv":
-        return _csv(file, label)
-    raise DataError(
-        f"{path}: give a .csv (with a label column), a .npz (x, y), a folder of MNIST IDX "
-        "files or a LEAF .json file"
-    )
-
-
-def _csv(file: Path, label: str) -> ArrayData:
-    with file.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or label not in rows[0]:
-        raise DataError(f"{file}: no {label!r} column in the header; name it with --label")
-    col = rows[0].index(label)
-    try:
-        values = np.array([[float(v) for v in r] for r in rows[1:]], dtype=np.float64)
-    except ValueError as exc:
-        raise DataError(f"{file}: a value is not a number: {exc}") from None
-    if values.ndim != 2 or len(values) == 0:
-        raise DataError(f"{file}: no rows, or rows of different lengths")
-    labels = values[:, col]
-    if not np.all(labels == np.round(labels)):
-        raise DataError(f"{file}: the {label!r} column must hold whole-number classes")
-    return ArrayData(np.delete(values, col, axis=1), labels.astype(np.int64))
-
-
-def _leaf_user(file: Path, user: str | None) -> ArrayData:
-    try:
-        users = _leaf_users(json.loads(file.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{file} is not a LEAF JSON file: {exc}") from None
-    if user is None:
-        if len(users) != 1:
-            raise DataError(f"{file} holds {len(users)} users; pick one with --user")
-        return next(iter(users.values()))
-    if user not in users:
-        raise DataError(f"{file} has no user {user!r}")
-    return users[user]
 
 
 def serve_client(

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fedloom.errors import ConfigError
-from fedloom.secagg._encoding import FixedPoint, mod_add, mod_sub, pack, unpack
+from fedloom.compression._fixed_point import FixedPoint, mod_add, mod_sub, pack, unpack
 
 
 def _sum(encoded: list[np.ndarray], modulus_bits: int) -> np.ndarray:

@@ -31,29 +31,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedloom.client._app import ClientApp, Handler
-from fedloom.client._app import fit as builtin_fit
-from fedloom.client._trainer import setting
-from fedloom.errors import ClientError, ConfigError
-from fedloom.messages import Config, Instruction, Reply
+from fedloom.errors import ConfigError
+from fedloom.messages import Config, setting
+from fedloom.privacy._accountant import Mechanism, PrivacyLedger
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from fedloom.client._app import ClientContext
-    from fedloom.privacy import PrivacyLedger
-
 __all__ = [
+    "BATCH_METRIC",
     "CLIP_KEY",
     "DELTA_KEY",
     "DPSGD",
+    "EPSILON_METRIC",
     "NOISE_KEY",
-    "STATE_KEY",
+    "STEPS_METRIC",
     "LocalDP",
     "StepCount",
-    "accounted",
-    "local_dp_app",
 ]
 
 NOISE_KEY = "local_dp_noise"
@@ -62,8 +57,6 @@ CLIP_KEY = "local_dp_clip"
 """Client-config key of the per-example clip norm C (1.0 when absent)."""
 DELTA_KEY = "local_dp_delta"
 """Client-config key of the delta that epsilon is reported at (1e-5 when absent)."""
-STATE_KEY = "local_dp.steps"
-"""Client-state key of the client's :class:`StepCount`."""
 STEPS_METRIC = "local_dp_steps"
 """Fit metric: the DP-SGD steps of this fit."""
 BATCH_METRIC = "local_dp_batch"
@@ -264,53 +257,4 @@ class StepCount:
 
 @functools.lru_cache(maxsize=4096)
 def _ledger(noise_multiplier: float, examples: int, batch: int, delta: float) -> PrivacyLedger:
-    # imported here: fedloom.privacy imports fedloom.client, which imports this module
-    from fedloom.privacy import Mechanism, PrivacyLedger
-
     return PrivacyLedger(Mechanism(noise_multiplier, "poisson", examples, batch), delta, "rdp")
-
-
-def accounted(fit: Handler) -> Handler:
-    """``fit`` with each client's record-level privacy ledger kept in its state.
-
-    When the instruction asks for local DP, the handler checks delta against the client's
-    examples, runs ``fit`` (whose trainer reports its DP-SGD steps and batch), adds the steps to
-    the client's :class:`StepCount` in ``ctx.state[STATE_KEY]`` and puts its epsilon so far in
-    the reply's ``local_epsilon``.
-    """
-
-    def private_fit(ctx: ClientContext, ins: Instruction) -> Reply:
-        settings = LocalDP.from_config(ins.config)
-        if settings is None:
-            return fit(ctx, ins)
-        n = len(ctx.data.train)
-        settings.check_delta(n)
-        reply = fit(ctx, ins)
-
-        def fail(reason: str) -> ClientError:
-            return ClientError(ctx.client_id, ins.round, ins.phase, reason)
-
-        steps, batch = reply.metrics.get(STEPS_METRIC), reply.metrics.get(BATCH_METRIC)
-        if steps is None or batch is None:
-            raise fail(
-                "local DP needs a trainer that runs DP-SGD (TorchTrainer); this one does not"
-            )
-        mechanism = StepCount(settings.noise_multiplier, n, int(batch))
-        before: StepCount = ctx.state.get(STATE_KEY, mechanism)
-        if dataclasses.replace(before, steps=0) != mechanism:
-            raise fail(
-                f"local DP's noise or sampling rate changed between rounds ({before} before, "
-                f"{mechanism} now); the accounting assumes one mechanism for all of a client's "
-                "steps: keep --local-dp-noise and --batch-size fixed for a run"
-            )
-        spent = dataclasses.replace(before, steps=before.steps + int(steps))
-        ctx.state[STATE_KEY] = spent  # counted whether or not the server accepts the update
-        metrics = {**reply.metrics, EPSILON_METRIC: spent.epsilon(settings.delta)}
-        return dataclasses.replace(reply, metrics=metrics)
-
-    return private_fit
-
-
-def local_dp_app() -> ClientApp:
-    """The client runtime with the built-in fit (and SCAFFOLD, secure aggregation) accounted."""
-    return ClientApp({"fit": accounted(builtin_fit)})

@@ -1,0 +1,37 @@
+"""Recipes: settings in, a whole run out. The one reader of
+:class:`~fedloom.config.SimulationConfig`.
+
+:func:`plan` resolves the settings into a :class:`RunPlan` (every default applied once: local
+SGD, sampling, the strategy with its update chain and round mechanism, the privacy ledger);
+:func:`simulate` runs a plan on one machine, :func:`serve` over gRPC, :func:`serve_client` joins
+a served run, and :func:`audit_run` attacks a finished simulation's model.
+"""
+
+from fedloom.recipes._audit import RunAudit, audit_run
+from fedloom.recipes._plan import RunPlan, cohort_size, local_sgd, plan, sampler_for
+from fedloom.recipes._serve import (
+    ServeSettings,
+    load_trainer,
+    model_description,
+    serve,
+    serve_client,
+)
+from fedloom.recipes._simulate import builtin_dataset, builtin_trainer, simulate
+
+__all__ = [
+    "RunAudit",
+    "RunPlan",
+    "ServeSettings",
+    "audit_run",
+    "builtin_dataset",
+    "builtin_trainer",
+    "cohort_size",
+    "load_trainer",
+    "local_sgd",
+    "model_description",
+    "plan",
+    "sampler_for",
+    "serve",
+    "serve_client",
+    "simulate",
+]

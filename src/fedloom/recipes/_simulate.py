@@ -1,0 +1,253 @@
+"""``simulate``: a whole federated run on one machine, from settings or from the user's objects."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from fedloom._io import atomic_write
+from fedloom.client import (
+    DEFAULT_MODS,
+    ClientApp,
+    Mod,
+    TorchTrainer,
+    Trainer,
+    make_trainer,
+    secagg_mod,
+)
+from fedloom.config import SimulationConfig
+from fedloom.data import FederatedDataset, load_dataset
+from fedloom.errors import ConfigError
+from fedloom.messages import EvalResult
+from fedloom.params import Vector
+from fedloom.privacy import LocalDP, RunPrivacy
+from fedloom.recipes._plan import RunPlan, local_sgd, plan
+from fedloom.server import Fleet, RunResult, run_rounds
+from fedloom.simulation import Attack, InProcessFleet, SimulatedConditions, attack_mod
+from fedloom.strategy import Strategy, required_updates, requirement, round_half_up
+from fedloom.tracking import History, ProgressBar
+
+__all__ = ["builtin_dataset", "builtin_trainer", "conditions_for", "simulate", "stopper"]
+
+
+def builtin_dataset(cfg: SimulationConfig) -> FederatedDataset:
+    """The dataset the settings name, split and partitioned as they say."""
+    return load_dataset(
+        cfg.dataset,
+        num_clients=cfg.clients,
+        partition=cfg.partition,
+        seed=cfg.seed,
+        local_test_fraction=cfg.local_test_fraction,
+        test_fraction=cfg.test_fraction,
+    )
+
+
+def builtin_trainer(cfg: SimulationConfig, ds: FederatedDataset) -> Trainer:
+    """The built-in model the settings name, shaped for ``ds``, with the settings' SGD."""
+    sgd = local_sgd(cfg)
+    return make_trainer(
+        cfg.model,
+        input_shape=ds.input_shape,
+        num_classes=ds.num_classes,
+        lr=sgd.lr,
+        local_epochs=sgd.local_epochs,
+        batch_size=sgd.batch_size,
+        momentum=cfg.momentum,
+    )
+
+
+def client_mods(run: RunPlan, ds: FederatedDataset) -> tuple[tuple[Mod, ...], dict[str, Any]]:
+    """The simulated clients' mods, with the settings' attack inside secure aggregation's (so
+    that a malicious client masks its poisoned update), and the run facts the attack adds."""
+    cfg = run.config
+    if cfg.attack is None:
+        if cfg.attack_scale is not None:
+            raise ConfigError("--attack-scale needs --attack KIND:FRACTION")
+        return DEFAULT_MODS, {}
+    attack = Attack.parse(cfg.attack)
+    if cfg.attack_scale is not None:
+        attack = dataclasses.replace(attack, scale=cfg.attack_scale)
+    ids = [str(i) for i in range(ds.num_clients)]
+    malicious = attack.choose(ids, cfg.seed)
+    poisoned = attack_mod(attack, malicious, num_classes=ds.num_classes, cohort_size=run.cohort)
+    mods = tuple(m for m in DEFAULT_MODS if m is not secagg_mod)
+    return (secagg_mod, poisoned, *mods), {"attack": cfg.attack, "malicious_clients": list(malicious)}
+
+
+def _fleet(
+    run: RunPlan, ds: FederatedDataset, trainer: Trainer, *, custom_trainer: bool
+) -> tuple[Fleet, dict[str, Any]]:
+    """The in-process fleet, with attackers, dropout and stragglers as the settings ask."""
+    cfg, strategy, cohort = run.config, run.strategy, run.cohort
+    mods, info = client_mods(run, ds)
+    fleet: Fleet = InProcessFleet(ds, trainer, app=ClientApp(mods=mods))
+    policy = cfg.straggler_policy or strategy.straggler_policy
+    answering = cohort - round_half_up(cfg.dropout * cohort)
+    if policy == "drop":
+        answering -= min(answering, round_half_up(cfg.stragglers * cohort))
+    needed = max(cfg.min_clients, required_updates(strategy.aggregator))
+    if answering < needed:
+        why = requirement(strategy.aggregator) or f"--min-clients is {cfg.min_clients}"
+        raise ConfigError(
+            f"each round samples {cohort} client(s) and {answering} of them answer, but "
+            f"{needed} accepted updates are needed ({why}); sample more clients, or lower "
+            f"--dropout, --stragglers, --byzantine or --min-clients"
+        )
+    return conditions_for(fleet, cfg, policy, custom_trainer=custom_trainer), info
+
+
+def conditions_for(
+    fleet: Fleet, cfg: SimulationConfig, policy: str, *, custom_trainer: bool = False
+) -> Fleet:
+    """``fleet`` behind the settings' simulated dropout and stragglers (itself without them);
+    ``policy`` is the straggler policy in force (the setting's, else the strategy's)."""
+    if not (cfg.dropout or cfg.stragglers):
+        return fleet
+    epochs = cfg.local_epochs
+    if epochs is None and not custom_trainer:
+        epochs = local_sgd(cfg).local_epochs
+    if cfg.stragglers and epochs is None:
+        raise ConfigError(
+            "--stragglers needs --local-epochs when you bring your own trainer: a straggler "
+            "runs between 1 and that many epochs"
+        )
+    return SimulatedConditions(
+        fleet,
+        dropout=cfg.dropout,
+        stragglers=cfg.stragglers,
+        straggler_policy="keep" if policy == "keep" else "drop",
+        local_epochs=epochs,
+        seed=cfg.seed,
+    )
+
+
+def stopper(cfg: SimulationConfig, privacy: RunPrivacy | None) -> Callable[[History], bool]:
+    """Stop at the target accuracy, or before a round that would pass the target epsilon."""
+
+    def stop(history: History) -> bool:
+        accuracy = history.final_accuracy
+        target = cfg.stop_at_accuracy
+        if target is not None and accuracy is not None and accuracy >= target:
+            return True
+        return privacy is not None and privacy.exhausted(len(history))
+
+    return stop
+
+
+def check_local_dp(cfg: SimulationConfig, trainer: Trainer, ds: FederatedDataset) -> None:
+    """Refuse local DP where it cannot run: a trainer without DP-SGD, a delta too large."""
+    if not isinstance(trainer, TorchTrainer):
+        raise ConfigError(
+            f"--local-dp-noise trains each client with DP-SGD (Opacus), which needs a PyTorch "
+            f"model; the {cfg.model} model's {type(trainer).__name__} has none: use --model mlp "
+            f"or cnn, or bring a TorchTrainer"
+        )
+    settings = LocalDP.from_config(cfg.client_config())
+    if settings is not None:
+        settings.check_delta(int(ds.client_sizes().max(initial=0)))  # the largest client
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """One intra-op thread while simulating: small per-client models run fastest that way and
+    results do not depend on the machine's core count. Restored afterwards."""
+    torch: Any = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def simulate(
+    config: SimulationConfig | None = None,
+    *,
+    dataset: FederatedDataset | str | None = None,
+    trainer: Trainer | None = None,
+    strategy: Strategy | str | None = None,
+    progress: bool | TextIO = False,
+    **settings: Any,
+) -> RunResult:
+    """Run a federated simulation and return the final model and its history.
+
+    Parameters
+    ----------
+    config
+        The settings; defaults to :class:`~fedloom.config.SimulationConfig`'s.
+    dataset, trainer, strategy
+        Your own objects, used instead of what the settings name; ``dataset`` and ``strategy``
+        may also be names, like the settings of the same name.
+    progress
+        Show a progress bar over rounds (on stderr, or on the given stream).
+    **settings
+        Any :class:`~fedloom.config.SimulationConfig` field, overriding ``config``.
+
+    Examples
+    --------
+    >>> import fedloom
+    >>> result = fedloom.simulate(dataset="digits", model="logreg", clients=10, rounds=2)
+    >>> len(result.history)
+    2
+    """
+    if isinstance(dataset, str):
+        settings["dataset"], dataset = dataset, None
+    if isinstance(strategy, str):
+        settings["strategy"], strategy = strategy, None
+    cfg = (config or SimulationConfig()).replace(**settings)
+    ds = dataset or builtin_dataset(cfg)
+    if dataset is not None:
+        cfg = cfg.replace(dataset=ds.name, clients=ds.num_clients, partition=None)
+    if trainer is not None:
+        if cfg.momentum:
+            raise ConfigError(
+                "momentum configures the built-in models only; give your own trainer its "
+                "optimizer settings (TorchTrainer(..., momentum=...)) and leave momentum unset"
+            )
+        cfg = cfg.replace(model="custom")
+    tr = trainer or builtin_trainer(cfg, ds)
+    run = plan(cfg, population=ds.num_clients, dim=tr.spec.size, strategy=strategy)
+    if cfg.local_dp_noise is not None:
+        check_local_dp(cfg, tr, ds)
+    fleet, run_info = _fleet(run, ds, tr, custom_trainer=trainer is not None)
+    test = ds.test
+
+    def evaluate(parameters: Vector) -> EvalResult:
+        return tr.evaluate(parameters, test)
+
+    if cfg.out is not None:
+        atomic_write(Path(cfg.out) / "config.toml", cfg.to_toml().encode())
+    bar = None
+    if progress is not False:
+        bar = ProgressBar(cfg.rounds, file=None if progress is True else progress)
+    try:
+        # after the trainer is made, so that torch (if it uses it) is imported by now
+        with _torch_threads(1):
+            return run_rounds(
+                fleet,
+                run.strategy,
+                tr.init_parameters(cfg.seed),
+                rounds=cfg.rounds,
+                client_config=cfg.client_config(),
+                evaluate=evaluate if len(test) > 0 else None,
+                federated_evaluation=len(ds.client(0).test) > 0,
+                min_clients=cfg.min_clients,
+                out_dir=cfg.out,
+                spec=tr.spec,
+                on_round=bar,
+                run_info=run_info,
+                stop=stopper(cfg, run.privacy),
+                round_metrics=run.privacy.metrics if run.privacy is not None else None,
+            )
+    finally:
+        if bar is not None:
+            bar.close()
