@@ -108,17 +108,17 @@ from pathlib import Path
 from typing import Any
 
 from _meta import cpu_model, git_state, log, spread
+from fedloom.client._local_dp import StepCount
+from fedloom.simulation._run import distributed_noise
 
 import fedloom
 from fedloom.client import make_trainer
-from fedloom.client._local_dp import StepCount
 from fedloom.data import load_dataset
 from fedloom.data._files import HEART_SITES
 from fedloom.privacy import Mechanism, audit_run, epsilon, noise_for_epsilon
 from fedloom.privacy._discrete import ddg_epsilon, ddg_rho
 from fedloom.secagg import SecAggRound, SecAggSettings
 from fedloom.secagg._graph import secagg_plus_degree
-from fedloom.simulation._run import distributed_noise
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -16,11 +16,11 @@ import fedloom
 from fedloom.cli import main
 from fedloom.client import LOCAL_DP_STATE_KEY as STATE_KEY
 from fedloom.client import ClientApp, ClientContext, TorchTrainer
-from fedloom.privacy import DPSGD, LocalDP, StepCount
 from fedloom.config import SimulationConfig
 from fedloom.data import ArrayData, ClientData, load_dataset
 from fedloom.errors import ClientError, ConfigError
 from fedloom.messages import Instruction
+from fedloom.privacy import DPSGD, LocalDP, StepCount
 
 TINY = 1e-9  # a noise multiplier that leaves the clipped gradient visible to 1e-9
 

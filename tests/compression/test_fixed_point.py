@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from fedloom.errors import ConfigError
 from fedloom.compression._fixed_point import FixedPoint, mod_add, mod_sub, pack, unpack
+from fedloom.errors import ConfigError
 
 
 def _sum(encoded: list[np.ndarray], modulus_bits: int) -> np.ndarray:

@@ -23,12 +23,12 @@ from fedloom.params import Vector
 from fedloom.privacy import (
     Mechanism,
     advantage_ceiling,
+    distributed_noise,
     epsilon,
     membership_attack,
 )
 from fedloom.privacy._discrete import ddg_epsilon, ddg_rho
 from fedloom.recipes import audit_run
-from fedloom.privacy import distributed_noise
 from fedloom.strategy import CountSampler
 
 # ------------------------------------------------------------------------------- the attack

@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import fedloom
 from fedloom.client import ClientApp, ClientContext, LinearTrainer
-from fedloom.errors import ClientError, ConfigError, RoundFailedError
-from fedloom.messages import Instruction, Reply
 from fedloom.compression import FixedPoint
 from fedloom.compression._fixed_point import unpack
+from fedloom.errors import ClientError, ConfigError, RoundFailedError
+from fedloom.messages import Instruction, Reply
 from fedloom.secagg import SecAggRound, SecAggSettings
 from fedloom.secagg._protocol import (
     KEYS,

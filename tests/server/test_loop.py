@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedloom.messages import EvalResult
 from fedloom.errors import RoundFailedError
-from fedloom.messages import Instruction, Reply
+from fedloom.messages import EvalResult, Instruction, Reply
 from fedloom.params import ParamSpec
 from fedloom.server import load_checkpoint, run_rounds
 from fedloom.strategy import (

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedloom.errors import DataError
 from fedloom.data import load_client_data
+from fedloom.errors import DataError
 
 MNIST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 

@@ -23,8 +23,8 @@ from _procs import Fedloom, Proc, rounds
 from fedloom.client import ClientApp, ClientContext, LinearTrainer
 from fedloom.data import ArrayData, ClientData
 from fedloom.messages import Instruction, Reply
-from fedloom.server import RunResult, RunStore, load_checkpoint, run_rounds
 from fedloom.recipes import simulate
+from fedloom.server import RunResult, RunStore, load_checkpoint, run_rounds
 from fedloom.strategy import RoundOutcome, make_strategy
 from fedloom.transport._certs import Credentials, create_federation
 from fedloom.transport._client import ClientOptions, _Session, run_client

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedloom.privacy import distributed_noise
 from fedloom.privacy._discrete import ddg_epsilon, ddg_rho
 from fedloom.server import load_checkpoint
-from fedloom.privacy import distributed_noise
 
 
 def _free_port() -> int:

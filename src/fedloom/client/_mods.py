@@ -21,8 +21,14 @@ from fedloom.client._trainer import CorrectableTrainer, Trainer, client_seed
 from fedloom.compression import FixedPoint
 from fedloom.errors import ClientError, ConfigError
 from fedloom.messages import ClientUpdate, Config, Instruction, Reply
-from fedloom.privacy import BATCH_METRIC, EPSILON_METRIC, STEPS_METRIC, DistributedDP, LocalDP
-from fedloom.privacy import StepCount
+from fedloom.privacy import (
+    BATCH_METRIC,
+    EPSILON_METRIC,
+    STEPS_METRIC,
+    DistributedDP,
+    LocalDP,
+    StepCount,
+)
 from fedloom.secagg import KEYS, PHASES, advertise, respond, settings_of
 from fedloom.strategy import (
     CONTROL_DELTA_KEY,
@@ -94,9 +100,7 @@ def _secagg(ctx: ClientContext, ins: Instruction, call_next: Handler) -> Reply:
         states = list(chain.init(trained.vector.shape[0]))
     encoded, states = chain.encode(update, states)
     ctx.state[_CHAIN_STATE_KEY] = states
-    return advertise(
-        ctx.client_id, ctx.state, ins, settings, encoded.vector, encoding.modulus_bits
-    )
+    return advertise(ctx.client_id, ctx.state, ins, settings, encoded.vector, encoding.modulus_bits)
 
 
 secagg_mod: Mod = mod(*PHASES)(_secagg)

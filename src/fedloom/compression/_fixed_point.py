@@ -140,7 +140,6 @@ class FixedPoint:
             raise ValueError(f"count must be >= 0, got {count}")
         return count * 0.5 / self.scale + 4.0 * count * self.clip * 2.0**-53
 
-
     def encoded_size(self, dim: int) -> int:
         """``dim`` encoded values and the weight."""
         return dim + 1
@@ -183,7 +182,9 @@ class FixedPoint:
                 int(config["secagg.weight_bound"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"fixed-point encoding settings missing or malformed: {exc}") from None
+            raise ConfigError(
+                f"fixed-point encoding settings missing or malformed: {exc}"
+            ) from None
 
     def error_bound_of_mean(self, count: int, total_weight: float) -> float:
         """The largest per-coordinate difference between the decoded mean and the weighted mean

@@ -140,7 +140,9 @@ def plan(
         is connected rather than from all users.
     """
     drawn = sampled_from if sampled_from is not None else population
-    base = strategy or make_strategy(cfg.strategy, sampler_for(cfg, drawn), **cfg.strategy_options())
+    base = strategy or make_strategy(
+        cfg.strategy, sampler_for(cfg, drawn), **cfg.strategy_options()
+    )
     size = cohort if cohort is not None else cohort_size(cfg, population)
     built, privacy = _privacy_plan(base, cfg, size, population, dim, amplified=amplified)
     return RunPlan(cfg, local_sgd(cfg), built, privacy, size, population)
@@ -165,12 +167,12 @@ def _privacy_plan(
         mechanism = _secure_aggregation(cfg, cohort)
         name = f"{name}+{cfg.secure_aggregation}"
     if cfg.dp == "central":
-        link, privacy = _central_dp(cfg, cohort, population, amplified=amplified)
-        links.append(link)
+        central, privacy = _central_dp(cfg, cohort, population, amplified=amplified)
+        links.append(central)
         name = f"dp-{strategy.name}"
     elif cfg.dp == "distributed" and mechanism is not None:
-        link, privacy = _distributed_dp(cfg, mechanism, cohort, population, dim)
-        links.append(link)
+        distributed, privacy = _distributed_dp(cfg, mechanism, cohort, population, dim)
+        links.append(distributed)
         name = f"ddp-{name}"
     elif mechanism is not None:
         links.append(_fixed_point(cfg, cohort))
@@ -241,7 +243,11 @@ def _distributed_dp(
     least = max(mechanism.least_survivors(cohort), 2)
     z = cfg.noise_multiplier or 0.0
     clip = cfg.clip_norm or 1.0
-    k = cfg.secagg_modulus_bits if cfg.secagg_modulus_bits is not None else FixedPoint().modulus_bits
+    k = (
+        cfg.secagg_modulus_bits
+        if cfg.secagg_modulus_bits is not None
+        else FixedPoint().modulus_bits
+    )
     noise, sensitivity = distributed_noise(clip, z, cohort, least, dim, k)
     link = DistributedDP(noise, k, denominator=cohort, min_contributors=least)
     ledger = DistributedLedger(sensitivity, noise.sigma, dim, delta, least)
@@ -260,4 +266,3 @@ def _first_round_too_costly(cfg: SimulationConfig, privacy: RunPrivacy) -> str:
         f"one round already spends {spent} > --target-epsilon {cfg.target_epsilon}; raise "
         "--noise-multiplier or sample fewer clients per round"
     )
-

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -77,7 +75,10 @@ def client_mods(run: RunPlan, ds: FederatedDataset) -> tuple[tuple[Mod, ...], di
     malicious = attack.choose(ids, cfg.seed)
     poisoned = attack_mod(attack, malicious, num_classes=ds.num_classes, cohort_size=run.cohort)
     mods = tuple(m for m in DEFAULT_MODS if m is not secagg_mod)
-    return (secagg_mod, poisoned, *mods), {"attack": cfg.attack, "malicious_clients": list(malicious)}
+    return (secagg_mod, poisoned, *mods), {
+        "attack": cfg.attack,
+        "malicious_clients": list(malicious),
+    }
 
 
 def _fleet(

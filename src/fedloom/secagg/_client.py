@@ -147,7 +147,9 @@ def advertise(
 ) -> Reply:
     """Phase 1: keep the encoded update (integers mod ``2**modulus_bits``), make the round's
     two key pairs, and reply with their public halves."""
-    held = _Round(ins.round, settings, encoded, modulus_bits, generate_keypair(), generate_keypair())
+    held = _Round(
+        ins.round, settings, encoded, modulus_bits, generate_keypair(), generate_keypair()
+    )
     state[STATE_KEY] = held
     public = {"c_pk": held.c.public, "s_pk": held.s.public}
     return Reply(client_id, ins.round, ins.phase, payload=public)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedloom.messages import Instruction, Reply
 from fedloom.errors import WireError
+from fedloom.messages import Instruction, Reply
 from fedloom.transport._wire import Message
 
 __all__ = ["GrpcFleet", "Outstanding"]

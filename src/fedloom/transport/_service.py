@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from fedloom.errors import WireError
 from fedloom.transport._fleet import GrpcFleet
 from fedloom.transport._proto import fedloom_pb2 as pb
-from fedloom.errors import WireError
 from fedloom.transport._wire import decode, encode_instruction, encode_signal
 
 __all__ = ["ServerOptions", "start_server"]
