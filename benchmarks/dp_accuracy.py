@@ -66,9 +66,9 @@ expected size 32). ``local_dp_noise`` is calibrated so that the *smallest*
 hospital (Switzerland, 98 training patients, the highest sampling rate) spends the target; the
 others spend less. The history reports the example-weighted mean of the hospitals' epsilons;
 the table gives that and the largest, which the script recomputes per hospital with
-:class:`fedloom.client._local_dp.StepCount` and checks against the reported mean.
+:class:`fedloom.privacy.StepCount` and checks against the reported mean.
 
-**Membership inference** (:func:`fedloom.privacy.audit_run`: Yeom et al.'s loss threshold on the
+**Membership inference** (:func:`fedloom.recipes.audit_run`: Yeom et al.'s loss threshold on the
 final global model, members = the training rows, non-members = as many rows of the central test
 set). A setting that overfits without DP: digits, logistic regression, 10 clients every round,
 10 rounds of 50 local epochs at lr 0.5, on 5 % of the rows (89 training rows, 9 per client; the
@@ -108,17 +108,16 @@ from pathlib import Path
 from typing import Any
 
 from _meta import cpu_model, git_state, log, spread
-from fedloom.client._local_dp import StepCount
-from fedloom.simulation._run import distributed_noise
 
 import fedloom
 from fedloom.client import make_trainer
+from fedloom.compression import FixedPoint
 from fedloom.data import load_dataset
 from fedloom.data._files import HEART_SITES
-from fedloom.privacy import Mechanism, audit_run, epsilon, noise_for_epsilon
+from fedloom.privacy import Mechanism, StepCount, distributed_noise, epsilon, noise_for_epsilon
 from fedloom.privacy._discrete import ddg_epsilon, ddg_rho
-from fedloom.secagg import SecAggRound, SecAggSettings
-from fedloom.secagg._graph import secagg_plus_degree
+from fedloom.recipes import audit_run
+from fedloom.secagg import SecAggRound, SecAggSettings, secagg_plus_degree
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -131,7 +130,7 @@ TARGETS = (1.0, 3.0, 8.0)
 MIA_TARGETS = (8.0, 3.0, 1.0, 0.5)
 CLIP_ONLY_Z = 0.0  # clipping alone: an unbounded epsilon
 TOLERANCE = 1e-6  # reported vs calibrated epsilon, relative
-MODULUS_BITS = SecAggSettings().encoding.modulus_bits
+MODULUS_BITS = FixedPoint().modulus_bits
 
 DIGITS: dict[str, Any] = {"dataset": "digits", "clients": 100, "model": "logreg", "rounds": 40}
 DIGITS_CLIP = 0.3

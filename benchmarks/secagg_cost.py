@@ -61,16 +61,15 @@ import numpy as np
 from _meta import cpu_model, flower_versions, git_state, log, spread
 
 import fedloom
-from fedloom.client import EvalResult, FitResult
+from fedloom.compression import FixedPoint
 from fedloom.data import ArrayData
-from fedloom.messages import ClientUpdate, Config, Instruction, Reply
+from fedloom.messages import ClientUpdate, Config, EvalResult, FitResult, Instruction, Reply
 from fedloom.params import ParamSpec, Vector
-from fedloom.secagg import PHASES, SecAggRound, SecAggSettings
-from fedloom.secagg._graph import secagg_plus_degree
+from fedloom.secagg import PHASES, SecAggRound, SecAggSettings, secagg_plus_degree
 from fedloom.secagg._protocol import MASKED, RELEASED_BYTES, SEALED_BYTES
 from fedloom.server._loop import drive
 from fedloom.simulation import InProcessFleet
-from fedloom.strategy import PlainRound, RoundContext, WeightedMean
+from fedloom.strategy import Chain, PlainRound, RoundContext, WeightedMean
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -211,7 +210,9 @@ def run_round(work: Workloads, mode: str, n: int, dim: int, dropped: Sequence[in
     mech = mechanism(mode, n)
     ids = [str(i) for i in range(n)]
     params = trainer.init_parameters(0)
-    ctx = RoundContext(1, ids, params, {"seed": 0}, WeightedMean(), None, n)
+    aggregator = WeightedMean() if mode == "plain" else Chain((FixedPoint(),))
+    state = aggregator.init(params.shape[0])
+    ctx = RoundContext(1, ids, params, {"seed": 0}, aggregator, state, n)
     gc.collect()
     start = time.perf_counter()
     outcome = drive(mech.run(ctx), fleet, None)
@@ -223,7 +224,7 @@ def run_round(work: Workloads, mode: str, n: int, dim: int, dropped: Sequence[in
     error = float(np.abs(outcome.aggregate.vector - expected).max())
     bound = 1e-6
     if isinstance(mech, SecAggRound):
-        bound += mech.error_bound(len(survivors), EXAMPLES * len(survivors))
+        bound += FixedPoint().error_bound_of_mean(len(survivors), EXAMPLES * len(survivors))
     if outcome.aggregate.count != len(survivors) or not error <= bound:
         raise SystemExit(
             f"{mode} N={n} D={dim}: aggregate of {outcome.aggregate.count} clients is off by "

@@ -94,9 +94,9 @@ import numpy as np
 from _meta import cpu_model, git_state, log, spread
 from google import protobuf
 
-from fedloom.client import ClientContext, EvalResult, FitResult
+from fedloom.client import ClientContext
 from fedloom.data import ArrayData, ClientData, from_arrays
-from fedloom.messages import Config, Instruction, Reply
+from fedloom.messages import Config, EvalResult, FitResult, Instruction, Reply
 from fedloom.params import ParamSpec, Vector
 from fedloom.server import run_rounds
 from fedloom.simulation import InProcessFleet

@@ -18,7 +18,7 @@ from fedloom.privacy import DistributedDP, DistributedNoise, distributed_noise, 
 from fedloom.privacy._discrete import ddg_epsilon, ddg_rho
 from fedloom.secagg import MASKED, SecAggRound
 from fedloom.server._loop import drive
-from fedloom.simulation import InProcessFleet
+from fedloom.simulation import InProcessFleet, ScriptedFleet
 from fedloom.strategy import Chain, RoundContext
 
 N = 10
@@ -63,24 +63,11 @@ def _secure_round(noise: DistributedNoise, drops: frozenset[str] = frozenset(), 
     mech = SecAggRound()
     chain = Chain((DistributedDP(noise, denominator=N, min_contributors=least),))
     params = trainer.init_parameters(0) + np.float32(0.01)
-    inner = InProcessFleet(ds, trainer)
-
-    class Dropping:
-        def clients(self):
-            return inner.clients()
-
-        def exchange(self, instructions, timeout):
-            phase = next(iter(instructions.values())).phase
-            kept = {c: i for c, i in instructions.items()
-                    if not (phase == MASKED and c in drops)}  # fmt: skip
-            return inner.exchange(kept, timeout)
-
-        def close(self) -> None:
-            inner.close()
+    fleet = ScriptedFleet(inner=InProcessFleet(ds, trainer), drops={MASKED: drops})
 
     selected = [str(i) for i in range(N)]
     ctx = RoundContext(1, selected, params, {"seed": 0}, chain, chain.init(DIM), N)
-    outcome = drive(mech.run(ctx), Dropping(), None)
+    outcome = drive(mech.run(ctx), fleet, None)
     # the clipped updates the survivors sent (trained as the round trained them), over N
     expected = np.zeros(DIM)
     app = ClientApp()

@@ -4,7 +4,6 @@ the server's view is uniform, and tampering or unsafe settings are refused."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ from fedloom.secagg._protocol import (
 )
 from fedloom.secagg._shamir import Share, combine
 from fedloom.server._loop import drive
-from fedloom.simulation import InProcessFleet
+from fedloom.simulation import InProcessFleet, ScriptedFleet
 from fedloom.strategy import Chain, RoundContext
 
 N = 10
@@ -39,31 +38,10 @@ def _dataset() -> fedloom.FederatedDataset:
     return fedloom.load_dataset("digits", num_clients=N, seed=0)
 
 
-class Scripted:
-    """A fleet around the in-process one that drops chosen clients at chosen phases, keeps what
+def scripted(inner, drops=None, rewrite=None) -> ScriptedFleet:
+    """The in-process fleet behind one that drops chosen clients at chosen phases, keeps what
     the server received, and can rewrite instructions on their way to the clients."""
-
-    def __init__(self, inner: InProcessFleet, drops: Mapping[str, set[str]] | None = None,
-                 rewrite=None) -> None:  # fmt: skip
-        self.inner = inner
-        self.drops = drops or {}
-        self.rewrite = rewrite
-        self.received: dict[str, list[Reply]] = {}
-
-    def clients(self):
-        return self.inner.clients()
-
-    def exchange(self, instructions: Mapping[str, Instruction], timeout) -> Iterator[Reply]:
-        phase = next(iter(instructions.values())).phase
-        kept = {c: i for c, i in instructions.items() if c not in self.drops.get(phase, set())}
-        if self.rewrite is not None:
-            kept = {c: self.rewrite(c, i) for c, i in kept.items()}
-        for reply in self.inner.exchange(kept, timeout):
-            self.received.setdefault(phase, []).append(reply)
-            yield reply
-
-    def close(self) -> None:
-        self.inner.close()
+    return ScriptedFleet(inner=inner, drops=drops, rewrite=rewrite)
 
 
 def _round(
@@ -108,7 +86,7 @@ def test_decoded_sum_equals_the_plain_sum_within_the_quantization_bound(
     trainer = LinearTrainer(64, 10, lr=0.1, local_epochs=2, batch_size=8)
     settings = SecAggSettings(threshold=0.6, degree=degree)
     encoding = dataclasses.replace(ENCODING, weight_bound=50)
-    fleet = Scripted(InProcessFleet(ds, trainer), {MASKED: after_share, UNMASK: in_unmask})
+    fleet = scripted(InProcessFleet(ds, trainer), {MASKED: after_share, UNMASK: in_unmask})
 
     # Execute
     enc, params, outcome = _round(fleet, settings, trainer, encoding=encoding)
@@ -127,7 +105,7 @@ def test_every_masked_input_the_server_sees_is_uniform() -> None:
     # Prepare: a model of 6,500 parameters makes each masked input 6,501 values.
     ds = _dataset()
     trainer = LinearTrainer(64, 100)
-    fleet = Scripted(InProcessFleet(ds, trainer))
+    fleet = scripted(InProcessFleet(ds, trainer))
 
     # Execute
     _round(fleet, SecAggSettings(), trainer)
@@ -152,7 +130,7 @@ def test_the_server_never_receives_both_secrets_of_one_client() -> None:
     # Prepare: client 2 drops after sharing; everyone else survives.
     ds = _dataset()
     trainer = LinearTrainer(64, 10)
-    fleet = Scripted(InProcessFleet(ds, trainer), {MASKED: {"2"}})
+    fleet = scripted(InProcessFleet(ds, trainer), {MASKED: {"2"}})
 
     # Execute
     _round(fleet, SecAggSettings(), trainer)
@@ -189,7 +167,7 @@ def test_a_client_refuses_to_release_both_secrets_of_a_neighbour() -> None:
         return dataclasses.replace(ins, payload={**ins.payload, "dropped": pack_map(
             {"5": b""} if "5" in u3 else {})})  # fmt: skip
 
-    fleet = Scripted(InProcessFleet(ds, trainer), rewrite=lie)
+    fleet = scripted(InProcessFleet(ds, trainer), rewrite=lie)
 
     # Execute / Assert
     with pytest.raises(ClientError, match="both surviving and dropped"):
@@ -208,7 +186,7 @@ def test_a_tampered_share_is_detected_by_its_recipient() -> None:
         held[40] ^= 1
         return dataclasses.replace(ins, payload={**ins.payload, "shares": bytes(held)})
 
-    fleet = Scripted(InProcessFleet(ds, trainer), rewrite=tamper)
+    fleet = scripted(InProcessFleet(ds, trainer), rewrite=tamper)
 
     # Execute / Assert
     with pytest.raises(ClientError, match="share from client 1 failed to authenticate"):
@@ -290,7 +268,7 @@ def test_more_dropouts_than_n_minus_t_fail_the_round_clearly(phase: str) -> None
     # t = ceil(0.6 * 9) = 6 of 10: five clients gone leaves 5 < 6.
     ds = _dataset()
     trainer = LinearTrainer(64, 10)
-    fleet = Scripted(InProcessFleet(ds, trainer), {phase: {"0", "2", "4", "6", "8"}})
+    fleet = scripted(InProcessFleet(ds, trainer), {phase: {"0", "2", "4", "6", "8"}})
     with pytest.raises(RoundFailedError, match="only 5 client"):
         _round(fleet, SecAggSettings(threshold=0.6), trainer)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from fedloom.errors import RoundFailedError
 from fedloom.messages import EvalResult, Instruction, Reply
 from fedloom.params import ParamSpec
 from fedloom.server import load_checkpoint, run_rounds
+from fedloom.simulation import ScriptedFleet
 from fedloom.strategy import (
     AllClients,
     RoundContext,
@@ -24,32 +25,6 @@ from fedloom.strategy import (
     fedavg,
 )
 from fedloom.strategy._mechanism import _FitTally, accepted_updates
-
-Responder = Callable[[str, Instruction], Reply | None]
-
-
-class ScriptedFleet:
-    """A fleet whose clients answer with a function of (client id, instruction)."""
-
-    def __init__(self, ids: Sequence[str], respond: Responder) -> None:
-        self.ids = list(ids)
-        self.respond = respond
-        self.sent: list[tuple[str, Instruction]] = []
-
-    def clients(self) -> Sequence[str]:
-        return self.ids
-
-    def exchange(
-        self, instructions: Mapping[str, Instruction], timeout: float | None
-    ) -> Iterator[Reply]:
-        for cid, ins in instructions.items():
-            self.sent.append((cid, ins))
-            reply = self.respond(cid, ins)
-            if reply is not None:
-                yield reply
-
-    def close(self) -> None:
-        pass
 
 
 # client "k" moves the model by k * [1, 2] and reports k * 10 examples
@@ -90,7 +65,7 @@ def test_clients_get_the_global_model_and_merged_config() -> None:
     run_rounds(fleet, strategy, np.ones(2, np.float32), rounds=2, client_config={"lr": 0.1})
 
     # Assert: round 2 starts from round 1's result (1 + [1, 2])
-    (_, first), (_, second) = fleet.sent
+    (_, first), (_, second) = fleet.instructions
     assert first.phase == "fit" and dict(first.config) == {"lr": 0.1, "mu": 0.5}
     assert first.parameters is not None and first.parameters.tolist() == [1.0, 1.0]
     assert second.round == 2
@@ -204,7 +179,7 @@ def test_a_mechanism_adds_phases_without_changing_the_loop() -> None:
     result = run_rounds(fleet, strategy, np.zeros(2, np.float32), rounds=1)
 
     # Assert: every client saw total 6, so the mean update is 6
-    assert [ins.phase for _, ins in fleet.sent] == ["hello"] * 3 + ["fit"] * 3
+    assert [ins.phase for _, ins in fleet.instructions] == ["hello"] * 3 + ["fit"] * 3
     assert result.parameters.tolist() == [6.0, 6.0]
 
 

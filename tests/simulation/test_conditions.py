@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -11,37 +10,16 @@ import pytest
 import fedloom
 from fedloom.client import LinearTrainer, client_seed
 from fedloom.errors import ConfigError
-from fedloom.messages import Config, Instruction, Reply
-from fedloom.simulation import InProcessFleet
+from fedloom.messages import Config, Instruction
+from fedloom.simulation import InProcessFleet, ScriptedFleet
 from fedloom.simulation._conditions import RoundConditions, SimulatedConditions
 
 IDS = tuple(str(i) for i in range(10))
 
 
-class RecordingFleet:
-    """Answers every instruction it is sent with an empty reply, lazily, and records it all."""
-
-    def __init__(self, ids: Sequence[str] = IDS) -> None:
-        self.ids = tuple(ids)
-        self.sent: list[dict[str, Instruction]] = []
-        self.timeouts: list[float | None] = []
-        self.produced = 0
-        self.closed = False
-
-    def clients(self) -> Sequence[str]:
-        return self.ids
-
-    def exchange(
-        self, instructions: Mapping[str, Instruction], timeout: float | None
-    ) -> Iterator[Reply]:
-        self.sent.append(dict(instructions))
-        self.timeouts.append(timeout)
-        for client_id, ins in instructions.items():
-            self.produced += 1
-            yield Reply(client_id, ins.round, ins.phase, None, 1)
-
-    def close(self) -> None:
-        self.closed = True
+def recording_fleet() -> ScriptedFleet:
+    """Answers every instruction with an empty reply, lazily, and records it all."""
+    return ScriptedFleet(IDS)
 
 
 def _answers(
@@ -53,7 +31,7 @@ def _answers(
 
 def test_dropout_drops_the_rounded_share_and_they_receive_nothing_for_the_round() -> None:
     # Prepare: round_half_up(0.25 * 10) = 3 dropouts per round
-    stub = RecordingFleet()
+    stub = recording_fleet()
     fleet = SimulatedConditions(stub, dropout=0.25)
 
     for round in (1, 2, 3):
@@ -71,8 +49,8 @@ def test_dropout_drops_the_rounded_share_and_they_receive_nothing_for_the_round(
 
 def test_draws_are_pinned_by_seed_round_and_sorted_ids_alone() -> None:
     # Prepare: a reversed instruction order must not change the draw (resumed runs draw alike)
-    a = SimulatedConditions(RecordingFleet(), dropout=0.25, stragglers=0.2, local_epochs=5)
-    b = SimulatedConditions(RecordingFleet(), dropout=0.25, stragglers=0.2, local_epochs=5)
+    a = SimulatedConditions(recording_fleet(), dropout=0.25, stragglers=0.2, local_epochs=5)
+    b = SimulatedConditions(recording_fleet(), dropout=0.25, stragglers=0.2, local_epochs=5)
     ins = Instruction(1, "fit")
 
     # Execute
@@ -87,7 +65,7 @@ def test_draws_are_pinned_by_seed_round_and_sorted_ids_alone() -> None:
 def test_same_seed_draws_alike_another_round_or_seed_draws_differently() -> None:
     # Prepare
     def draws(seed: int, round: int) -> RoundConditions:
-        fleet = SimulatedConditions(RecordingFleet(), dropout=0.25, stragglers=0.2, seed=seed)
+        fleet = SimulatedConditions(recording_fleet(), dropout=0.25, stragglers=0.2, seed=seed)
         _answers(fleet, round, "fit", {"local_epochs": 5})
         return fleet.round_conditions(round)
 
@@ -103,7 +81,7 @@ def test_same_seed_draws_alike_another_round_or_seed_draws_differently() -> None
 
 def test_phases_before_the_rounds_first_fit_pass_through() -> None:
     # Prepare
-    fleet = SimulatedConditions(RecordingFleet(), dropout=0.5)
+    fleet = SimulatedConditions(recording_fleet(), dropout=0.5)
 
     # Execute
     setup = _answers(fleet, 1, "setup")
@@ -116,7 +94,7 @@ def test_phases_before_the_rounds_first_fit_pass_through() -> None:
 
 def test_keep_policy_sends_stragglers_their_drawn_epochs_and_others_their_instruction() -> None:
     # Prepare: round_half_up(0.5 * 10) = 5 stragglers, E = 4 from the instruction
-    stub = RecordingFleet()
+    stub = recording_fleet()
     fleet = SimulatedConditions(stub, stragglers=0.5, straggler_policy="keep", local_epochs=9)
     config = {"local_epochs": 4, "lr": 0.1}
     ins = Instruction(1, "fit", None, config)
@@ -138,7 +116,7 @@ def test_keep_policy_sends_stragglers_their_drawn_epochs_and_others_their_instru
 
 def test_stragglers_come_from_the_clients_that_did_not_drop_out_capped_at_those() -> None:
     # Prepare: 10 clients, 6 drop out, round_half_up(0.6 * 10) = 6 stragglers capped at 4
-    fleet = SimulatedConditions(RecordingFleet(), dropout=0.6, stragglers=0.6, local_epochs=3)
+    fleet = SimulatedConditions(recording_fleet(), dropout=0.6, stragglers=0.6, local_epochs=3)
 
     # Execute
     fit = _answers(fleet, 1, "fit")
@@ -184,7 +162,7 @@ def test_a_kept_straggler_trains_its_drawn_epochs_on_the_real_fleet() -> None:
 
 def test_drop_policy_removes_exactly_the_stragglers_from_fit_but_evaluates_them() -> None:
     # Prepare
-    stub = RecordingFleet()
+    stub = recording_fleet()
     fleet = SimulatedConditions(stub, dropout=0.2, stragglers=0.3, local_epochs=2, seed=3)
 
     # Execute
@@ -201,14 +179,14 @@ def test_drop_policy_removes_exactly_the_stragglers_from_fit_but_evaluates_them(
 
 
 def test_stragglers_without_a_number_of_local_epochs_are_refused() -> None:
-    fleet = SimulatedConditions(RecordingFleet(), stragglers=0.2)
+    fleet = SimulatedConditions(recording_fleet(), stragglers=0.2)
     with pytest.raises(ConfigError, match="stragglers need the number of local epochs"):
         _answers(fleet, 1, "fit")
 
 
 def test_exchange_is_lazy_and_passes_the_timeout_and_close_on() -> None:
     # Prepare
-    stub = RecordingFleet()
+    stub = recording_fleet()
     fleet = SimulatedConditions(stub, dropout=0.2)
 
     # Execute
@@ -236,15 +214,15 @@ def test_exchange_is_lazy_and_passes_the_timeout_and_close_on() -> None:
 )
 def test_settings_out_of_range_are_refused(settings: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        SimulatedConditions(RecordingFleet(), **settings)  # type: ignore[arg-type]
+        SimulatedConditions(recording_fleet(), **settings)  # type: ignore[arg-type]
 
 
 def test_each_round_is_logged_once_and_only_the_last_rounds_are_kept(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Prepare
-    fleet = SimulatedConditions(RecordingFleet(), dropout=0.1)
-    slow = SimulatedConditions(RecordingFleet(), stragglers=0.2, straggler_policy="keep")
+    fleet = SimulatedConditions(recording_fleet(), dropout=0.1)
+    slow = SimulatedConditions(recording_fleet(), stragglers=0.2, straggler_policy="keep")
 
     # Execute
     with caplog.at_level(logging.INFO, logger="fedloom.simulation"):

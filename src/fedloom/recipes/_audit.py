@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -16,7 +16,7 @@ from fedloom.client import Trainer
 from fedloom.config import SimulationConfig, load_toml
 from fedloom.data import ArrayData, FederatedDataset
 from fedloom.errors import ConfigError, DataError
-from fedloom.messages import Instruction, Reply
+from fedloom.messages import Instruction
 from fedloom.params import Vector
 from fedloom.privacy import (
     DistributedLedger,
@@ -31,6 +31,7 @@ from fedloom.privacy import (
 from fedloom.recipes._plan import cohort_size, local_sgd, plan, sampler_for
 from fedloom.recipes._simulate import builtin_dataset, builtin_trainer, conditions_for
 from fedloom.server import load_checkpoint
+from fedloom.simulation import ScriptedFleet
 from fedloom.strategy import make_strategy
 from fedloom.tracking import History
 
@@ -259,47 +260,24 @@ def _trainer(cfg: SimulationConfig, ds: FederatedDataset) -> Trainer:
     return builtin_trainer(cfg, ds)
 
 
-class _Recorder:
-    """A fleet that trains nothing and records who was instructed (behind the conditions)."""
-
-    def __init__(self, ids: Sequence[str]) -> None:
-        self._ids = tuple(ids)
-        self.instructed: set[str] = set()
-
-    def clients(self) -> Sequence[str]:
-        return self._ids
-
-    def exchange(
-        self, instructions: Mapping[str, Instruction], timeout: float | None
-    ) -> Iterator[Reply]:
-        self.instructed.update(instructions)
-        return iter(())
-
-    def close(self) -> None:
-        pass
-
-
 def _participants(
     cfg: SimulationConfig, population: int, rounds: int, malicious: set[str]
 ) -> list[int]:
     """The clients that trained in at least one of ``rounds`` rounds, as ``simulate`` drew them."""
     ids = [str(i) for i in range(population)]
     sampler = sampler_for(cfg, population)
-    recorder = _Recorder(ids)
+    recorder = ScriptedFleet(ids, lambda client, ins: None)  # trains nothing, records who
     policy = cfg.straggler_policy
     if policy is None:
         policy = make_strategy(cfg.strategy, sampler, **cfg.strategy_options()).straggler_policy
     conditions = conditions_for(recorder, cfg, policy)
     fit_config = {"local_epochs": local_sgd(cfg).local_epochs}
     for round in range(1, rounds + 1):
-        selected = sampler.select(ids, round)
-        if conditions is recorder:
-            recorder.instructed.update(selected)
-            continue
         fit = Instruction(round, "fit", config=fit_config)
-        for _ in conditions.exchange(dict.fromkeys(selected, fit), None):
+        for _ in conditions.exchange(dict.fromkeys(sampler.select(ids, round), fit), None):
             pass
-    return sorted(int(c) for c in recorder.instructed - malicious)
+    instructed = {client for client, _ in recorder.instructions}
+    return sorted(int(c) for c in instructed - malicious)
 
 
 def _concat(parts: Sequence[ArrayData]) -> ArrayData:
