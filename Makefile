@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev extras and the CPU build of PyTorch (torch>=2.2,<2.14 admits the local 2.13.0 CPU wheel).
 EXTRAS ?= torch,dev
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-fast test-slow lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ install: $(VENV)/.installed-$(subst ,,$(EXTRAS))
 demo: install
 	$(BIN)/fedloom simulate examples/demo.toml --out runs/demo
 
+# every test, the multi-process ones (marked slow) included
 test: install
 	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

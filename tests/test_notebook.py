@@ -25,6 +25,8 @@ MARKER = re.compile(r"^([A-Z][A-Z_]*)=(.+)$", re.MULTILINE)
 WHICH_PYTHON = "import sys\nprint(f'KERNEL_PREFIX={sys.prefix}')"
 BUDGET_S = 60.0  # the notebook must run in well under a minute on a 2-core CPU
 
+pytestmark = pytest.mark.slow  # a Jupyter kernel process
+
 
 def stdout_of(cell: nbformat.NotebookNode) -> str:
     return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("name") == "stdout")

@@ -82,6 +82,7 @@ def _participation(store: RunStore, round: int) -> list[tuple[str, str]]:
     return sorted((p.client_id, p.status) for p in store.participation(round))
 
 
+@pytest.mark.slow  # real server and client processes
 def test_a_run_of_several_rounds_completes_with_mutual_tls(
     fedloom: Fedloom, certs: str, tmp_path: Path
 ) -> None:
@@ -128,6 +129,7 @@ def _accepted(db: Path, client_id: str) -> Callable[[], int | None]:
     return check
 
 
+@pytest.mark.slow  # real server and client processes
 def test_a_client_killed_mid_round_does_not_stop_the_round(
     fedloom: Fedloom, certs: str, tmp_path: Path
 ) -> None:
@@ -180,6 +182,7 @@ def _written(out: Path, count: int) -> Callable[[], list[dict[str, Any]] | None]
     return check
 
 
+@pytest.mark.slow  # real server and client processes
 def test_a_server_killed_between_rounds_resumes_and_ends_with_the_uninterrupted_model(
     fedloom: Fedloom, certs: str, tmp_path: Path
 ) -> None:
@@ -236,6 +239,7 @@ def test_a_server_killed_between_rounds_resumes_and_ends_with_the_uninterrupted_
     )
 
 
+@pytest.mark.slow  # real server and client processes
 def test_unauthenticated_and_revoked_clients_are_refused_and_the_run_completes(
     fedloom: Fedloom, certs: str, tmp_path: Path
 ) -> None:

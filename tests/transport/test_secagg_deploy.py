@@ -15,6 +15,8 @@ from fedloom.privacy import distributed_noise
 from fedloom.privacy._discrete import ddg_epsilon, ddg_rho
 from fedloom.server import load_checkpoint
 
+pytestmark = pytest.mark.slow  # real server and client processes
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
