@@ -230,3 +230,18 @@ def test_both_schemes_reconstruct_from_every_threshold_subset_and_need_threshold
         with pytest.raises(ValueError, match="needs at least 3 shares"):
             combine([ours[i] for i in pair], 3, 16)
         assert _recovers([ours[i] for i in pair], 2, 16) != secret
+
+
+def test_a_small_change_to_a_share_moves_the_secret_silently_by_its_lagrange_weight() -> None:
+    # With x = 1, 2, 3 the Lagrange weights at 0 are 3, -3, 1: flipping the lowest bit of the
+    # first share's y (y ^ 1 changes y by +1 or -1) moves the secret by 3 either way, and the
+    # result still fits in 32 bytes, so combine cannot tell. Secure aggregation checks every
+    # rebuilt secret against a commitment for this reason.
+    secret = (10**30).to_bytes(32, "big")
+    shares = split(secret, 3, [1, 2, 3])
+    change = 1 if shares[0].y % 2 == 0 else -1
+    tampered = Share(shares[0].x, shares[0].y ^ 1)
+
+    rebuilt = combine([tampered, shares[1], shares[2]], 3, 32)
+
+    assert int.from_bytes(rebuilt, "big") == 10**30 + 3 * change

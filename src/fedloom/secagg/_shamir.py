@@ -137,9 +137,13 @@ def combine(shares: Sequence[Share], threshold: int, length: int) -> bytes:
     Returns
     -------
     bytes
-        The secret, ``length`` bytes big-endian. A wrong or tampered share gives another
-        value, which almost always does not fit in ``length`` bytes: ``ValueError`` then.
-        (Shamir sharing does not detect tampering in general; authenticate shares in transit.)
+        The secret, ``length`` bytes big-endian. A wrong or tampered share gives a wrong value,
+        and ``ValueError`` only when that value does not fit in ``length`` bytes, which a small
+        change need not cause: with ``x = 1..t`` the Lagrange weights at 0 are small integers
+        (binomial coefficients), so a change in a share's low bytes moves the secret by a small
+        multiple of it, silently. Shamir sharing does not detect tampering: authenticate shares
+        in transit, and check a rebuilt secret against a commitment (as secure aggregation does
+        with the self-mask seed's hash and the mask key's public key).
     """
     if not 1 <= length <= MAX_SECRET_BYTES:
         raise ValueError(f"secret length must be 1 to {MAX_SECRET_BYTES} bytes, got {length}")
