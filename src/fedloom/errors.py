@@ -11,7 +11,10 @@ The tree::
     └── WireError                a message on the wire is malformed, truncated or too large
 
 Messages name the problem and what to do about it; the command line prints the message alone
-(no traceback) and exits with status 2 for ``ConfigError`` and ``DataError``.
+(no traceback) and exits with status 2 for ``ConfigError`` and ``DataError``, which are also
+``ValueError`` subclasses. A plain ``ValueError`` is left only for a broken precondition of a
+low-level primitive (Shamir sharing, the key agreement, the fixed-point arithmetic), which the
+layers above check before they call it.
 """
 
 from __future__ import annotations

@@ -294,7 +294,7 @@ def _leaf_users(doc: Any) -> dict[str, ArrayData]:
         x = x.reshape(len(x), -1) if len(x) else np.zeros((0, 0), np.float32)
         y = np.asarray(record["y"])
         if y.size and not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError(f"user {user!r} has non-integer labels")
+            raise DataError(f"user {user!r} has non-integer labels")
         out[str(user)] = ArrayData(x, y.astype(np.int64))
     return out
 

@@ -81,7 +81,7 @@ class Participation:
 
     def __post_init__(self) -> None:
         if self.status not in _STATUSES:
-            raise ValueError(f"participation status {self.status!r} is not one of {_STATUSES}")
+            raise ConfigError(f"participation status {self.status!r} is not one of {_STATUSES}")
 
 
 class RunStore:
@@ -234,10 +234,9 @@ class RunStore:
 
         Raises
         ------
-        ValueError
-            ``record.round`` is not the round after the latest one.
         DataError
-            ``parameters`` do not fit the run's spec.
+            ``record.round`` is not the round after the latest one, or ``parameters`` do not
+            fit the run's spec.
         """
         record_json = json.dumps(record.to_dict())
         info_json = None if info is None else json.dumps(dict(info), sort_keys=True)
@@ -245,7 +244,7 @@ class RunStore:
             blob = _blob(ParamSpec.from_json(self._run_row("spec")), parameters)
             (last,) = con.execute("SELECT max(round) FROM models").fetchone()
             if record.round != last + 1:
-                raise ValueError(
+                raise DataError(
                     f"cannot commit round {record.round}: the latest committed round is {last}"
                 )
             con.execute("INSERT INTO rounds VALUES (?, ?)", (record.round, record_json))

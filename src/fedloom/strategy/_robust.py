@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
-from fedloom.errors import ConfigError
+from fedloom.errors import ConfigError, DataError
 from fedloom.messages import Aggregate, ClientUpdate
 from fedloom.params import Vector
 
@@ -53,7 +53,7 @@ def _stack(updates: Iterable[ClientUpdate], dim: int) -> tuple[Matrix, float]:
     weight = 0.0
     for update in updates:
         if update.vector.shape != (dim,):
-            raise ValueError(f"update of {update.client_id} has shape {update.vector.shape}")
+            raise DataError(f"update of {update.client_id} has shape {update.vector.shape}")
         if n == matrix.shape[0]:
             grown = np.empty((2 * n, dim), dtype=np.float32)
             grown[:n] = matrix
