@@ -301,10 +301,10 @@ def _settings(args: argparse.Namespace) -> SimulationConfig:
 
 
 def _privacy(args: argparse.Namespace) -> int:
-    from fedloom.privacy import Mechanism, check_delta, epsilon, noise_for_epsilon
+    from fedloom.privacy import Mechanism, epsilon, noise_for_epsilon
+    from fedloom.recipes import default_delta
 
-    delta = args.delta if args.delta is not None else args.clients**-1.1
-    check_delta(delta, args.clients)
+    delta = default_delta(args.delta, args.clients)
     cohort, sampling = args.clients_per_round, args.sampling
     if args.noise_multiplier is not None:
         mech = Mechanism(args.noise_multiplier, sampling, args.clients, cohort)

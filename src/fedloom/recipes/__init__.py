@@ -8,7 +8,14 @@ a served run, and :func:`audit_run` attacks a finished simulation's model.
 """
 
 from fedloom.recipes._audit import RunAudit, audit_run
-from fedloom.recipes._plan import RunPlan, cohort_size, local_sgd, plan, sampler_for
+from fedloom.recipes._plan import (
+    RunPlan,
+    cohort_size,
+    default_delta,
+    local_sgd,
+    plan,
+    sampler_for,
+)
 from fedloom.recipes._serve import (
     ServeSettings,
     load_trainer,
@@ -26,6 +33,7 @@ __all__ = [
     "builtin_dataset",
     "builtin_trainer",
     "cohort_size",
+    "default_delta",
     "load_trainer",
     "local_sgd",
     "model_description",

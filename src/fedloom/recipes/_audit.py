@@ -28,7 +28,7 @@ from fedloom.privacy import (
     epsilon,
     membership_attack,
 )
-from fedloom.recipes._plan import cohort_size, local_sgd, plan, sampler_for
+from fedloom.recipes._plan import cohort_size, default_delta, local_sgd, plan, sampler_for
 from fedloom.recipes._simulate import builtin_dataset, builtin_trainer, conditions_for
 from fedloom.server import load_checkpoint
 from fedloom.simulation import ScriptedFleet
@@ -293,7 +293,7 @@ def _privacy(
     spent = history.rounds[-1].metrics.get("epsilon")
     if spent is None:
         raise DataError("the settings turn DP on but history.json records no epsilon")
-    delta = cfg.delta if cfg.delta is not None else population**-1.1
+    delta = default_delta(cfg.delta, population)
     if cfg.dp == "distributed":
         return float(spent), delta, _distributed_replace_one(cfg, history, population, dim)
     if cohort_size(cfg, population) < population:

@@ -81,11 +81,26 @@ def local_sgd(cfg: SimulationConfig) -> LocalSGD:
     )
 
 
-def default_delta(cfg: SimulationConfig, population: int) -> float:
-    """The settings' delta, else ``population ** -1.1``; checked against the population."""
-    delta = cfg.delta if cfg.delta is not None else population**-1.1
-    check_delta(delta, population)
-    return delta
+def default_delta(delta: float | None, population: int) -> float:
+    """``delta``, else ``population ** -1.1``; checked against the population."""
+    chosen = delta if delta is not None else population**-1.1
+    check_delta(chosen, population)
+    return chosen
+
+
+@dataclass(frozen=True)
+class _DP:
+    """User-level DP's settings with their defaults: clip norm 1, no noise, delta N^-1.1."""
+
+    clip_norm: float
+    noise_multiplier: float
+    delta: float
+
+    @classmethod
+    def of(cls, cfg: SimulationConfig, population: int) -> _DP:
+        clip = cfg.clip_norm if cfg.clip_norm is not None else 1.0
+        z = cfg.noise_multiplier if cfg.noise_multiplier is not None else 0.0
+        return cls(clip, z, default_delta(cfg.delta, population))
 
 
 def sampler_for(config: SimulationConfig, num_clients: int) -> Sampler:
@@ -167,11 +182,12 @@ def _privacy_plan(
         mechanism = _secure_aggregation(cfg, cohort)
         name = f"{name}+{cfg.secure_aggregation}"
     if cfg.dp == "central":
-        central, privacy = _central_dp(cfg, cohort, population, amplified=amplified)
+        central, privacy = _central_dp(cfg, _DP.of(cfg, population), cohort, population, amplified)
         links.append(central)
         name = f"dp-{strategy.name}"
     elif cfg.dp == "distributed" and mechanism is not None:
-        distributed, privacy = _distributed_dp(cfg, mechanism, cohort, population, dim)
+        dp = _DP.of(cfg, population)
+        distributed, privacy = _distributed_dp(cfg, dp, mechanism, cohort, dim)
         links.append(distributed)
         name = f"ddp-{name}"
     elif mechanism is not None:
@@ -191,12 +207,18 @@ def _secure_aggregation(cfg: SimulationConfig, cohort: int) -> SecAggRound:
     return SecAggRound(SecAggSettings(threshold=threshold, degree=degree), seed=cfg.seed)
 
 
+def _modulus_bits(cfg: SimulationConfig) -> int:
+    """k of the integers secure aggregation sums: the setting's, else the encoding's default."""
+    k = cfg.secagg_modulus_bits
+    return k if k is not None else FixedPoint().modulus_bits
+
+
 def _fixed_point(cfg: SimulationConfig, cohort: int) -> FixedPoint:
     enc = FixedPoint()
     encoding = FixedPoint(
         cfg.secagg_clip if cfg.secagg_clip is not None else enc.clip,
         cfg.secagg_bits if cfg.secagg_bits is not None else enc.bits,
-        cfg.secagg_modulus_bits if cfg.secagg_modulus_bits is not None else enc.modulus_bits,
+        _modulus_bits(cfg),
         cfg.secagg_weight_bound or enc.weight_bound,
     )
     if cohort > encoding.max_summands():
@@ -209,7 +231,7 @@ def _fixed_point(cfg: SimulationConfig, cohort: int) -> FixedPoint:
 
 
 def _central_dp(
-    cfg: SimulationConfig, cohort: int, population: int, *, amplified: bool
+    cfg: SimulationConfig, dp: _DP, cohort: int, population: int, amplified: bool
 ) -> tuple[CentralDP, CentralPrivacy]:
     """DP-FedAvg's link and ledger (noise from OS entropy)."""
     adaptive = None
@@ -221,36 +243,28 @@ def _central_dp(
         )
     elif cfg.target_quantile is not None or cfg.clip_lr is not None:
         raise ConfigError("--target-quantile and --clip-lr need --adaptive-clipping")
-    z = cfg.noise_multiplier or 0.0
-    link = CentralDP(cfg.clip_norm or 1.0, z, cohort, adaptive)
-    delta = default_delta(cfg, population)
+    z = dp.noise_multiplier
+    link = CentralDP(dp.clip_norm, z, cohort, adaptive)
     ledger = None
     if z > 0:
         if amplified and cohort < population:
             mechanism = Mechanism(z, "fixed-size-without-replacement", population, cohort)
         else:
             mechanism = Mechanism(z, "all", population, population)
-        ledger = PrivacyLedger(mechanism, delta, cfg.accountant)
+        ledger = PrivacyLedger(mechanism, dp.delta, cfg.accountant)
     return link, CentralPrivacy(ledger, cfg.target_epsilon)
 
 
 def _distributed_dp(
-    cfg: SimulationConfig, mechanism: SecAggRound, cohort: int, population: int, dim: int
+    cfg: SimulationConfig, dp: _DP, mechanism: SecAggRound, cohort: int, dim: int
 ) -> tuple[DistributedDP, DistributedPrivacy]:
     """Distributed DP's link and ledger: each client adds its share of discrete Gaussian noise,
     so that the fewest clients a round can complete with add the noise asked for."""
-    delta = default_delta(cfg, population)
     least = max(mechanism.least_survivors(cohort), 2)
-    z = cfg.noise_multiplier or 0.0
-    clip = cfg.clip_norm or 1.0
-    k = (
-        cfg.secagg_modulus_bits
-        if cfg.secagg_modulus_bits is not None
-        else FixedPoint().modulus_bits
-    )
-    noise, sensitivity = distributed_noise(clip, z, cohort, least, dim, k)
+    k = _modulus_bits(cfg)
+    noise, sensitivity = distributed_noise(dp.clip_norm, dp.noise_multiplier, cohort, least, dim, k)
     link = DistributedDP(noise, k, denominator=cohort, min_contributors=least)
-    ledger = DistributedLedger(sensitivity, noise.sigma, dim, delta, least)
+    ledger = DistributedLedger(sensitivity, noise.sigma, dim, dp.delta, least)
     return link, DistributedPrivacy(ledger, cfg.target_epsilon)
 
 
