@@ -246,7 +246,7 @@ class TorchTrainer:
         Each step's gradient gets ``mu * (w - parameters)`` (FedProx, ``config["mu"]``) and
         ``correction`` (SCAFFOLD's ``c - c_i``) added when they are given.
 
-        Local DP (``config["local_dp_noise"]``, see :mod:`fedloom.client._local_dp`) trains with
+        Local DP (``config["local_dp_noise"]``, see :mod:`fedloom.privacy._local`) trains with
         DP-SGD instead: Poisson-sampled batches (each example joins each step with probability
         B/n), per-example clipping to ``local_dp_clip`` and Gaussian noise, with the proximal
         term and correction added after the noise. It reports ``local_dp_steps`` and
