@@ -27,15 +27,6 @@ from fedloom.recipes._plan import local_sgd, plan
 from fedloom.recipes._simulate import stopper
 from fedloom.server import LoopState, Participation, RunResult, RunStore, run_rounds
 from fedloom.strategy import RoundOutcome
-from fedloom.transport import (
-    ClientOptions,
-    GrpcFleet,
-    ServerOptions,
-    credentials,
-    revoked,
-    run_client,
-    start_server,
-)
 
 __all__ = ["ServeSettings", "load_trainer", "model_description", "serve", "serve_client"]
 
@@ -83,6 +74,8 @@ def _tls(certs: str | None, insecure: bool, who: str) -> tuple[bytes, bytes, byt
         raise ConfigError(
             "give --certs DIR (create it with `fedloom certs`), or --insecure for a local test"
         )
+    from fedloom.transport import credentials  # gRPC and X.509 load only for a deployment
+
     creds = credentials(Path(certs), who)
     return creds.load()
 
@@ -143,6 +136,8 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
         privacy = run.privacy
         if privacy is not None:
             privacy.replay(state.history)
+        from fedloom.transport import GrpcFleet, ServerOptions, start_server
+
         fleet = GrpcFleet(run_id, heartbeat_timeout=net.heartbeat_timeout)
         options = ServerOptions(
             net.address,
@@ -219,6 +214,8 @@ def _revocation(certs: str | None) -> Any:
     if certs is None:
         return frozenset
     folder = Path(certs)
+    from fedloom.transport import revoked
+
     return lambda: revoked(folder)
 
 
@@ -283,6 +280,8 @@ def serve_client(
                 f"model takes {width}"
             )
         return ClientContext(client_id, data, local)
+
+    from fedloom.transport import ClientOptions, run_client
 
     options = ClientOptions(address, tls, client_id=client_id, give_up=give_up)
     return run_client(options, context)

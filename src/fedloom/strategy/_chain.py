@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from fedloom.errors import ConfigError
 from fedloom.messages import Aggregate, ClientUpdate, Config, Metrics
@@ -70,6 +70,7 @@ class Link(Protocol):
         ...
 
 
+@runtime_checkable
 class Encoding(Link, Protocol):
     """A client link whose output is integers mod ``2**modulus_bits``: what secure aggregation
     masks and sums. It is the last client link of a chain under secure aggregation."""
@@ -107,7 +108,7 @@ class Chain:
         """The last client link, when it encodes as integers (for secure aggregation)."""
         client = self.client_links
         last = client[-1] if client else None
-        return last if last is not None and hasattr(last, "modulus_bits") else None  # type: ignore[return-value]
+        return last if isinstance(last, Encoding) else None
 
     @property
     def min_contributors(self) -> int:
