@@ -21,3 +21,14 @@ def test_importing_fedloom_does_not_import_torch() -> None:
     code = "import sys, fedloom; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_importing_fedloom_does_not_import_the_deployment_libraries() -> None:
+    # gRPC, protobuf and X.509 are for fedloom server and client; a simulation never loads them
+    import subprocess
+    import sys
+
+    heavy = ("grpc", "google.protobuf", "cryptography.x509")
+    code = f"import sys, fedloom; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
