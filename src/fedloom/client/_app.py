@@ -66,12 +66,13 @@ class ClientApp:
             replaced = frozenset(layer.phases) & set(self._handlers)
             call = functools.partial(_through, layer, replaced, call)
         self._call = call
+        extra = [p for m in self._mods for p in m.phases if p not in self._handlers]
+        self._phases = tuple(dict.fromkeys([*self._handlers, *extra]))
 
     @property
     def phases(self) -> tuple[str, ...]:
         """The phases this client can handle."""
-        extra = [p for m in self._mods for p in m.phases if p not in self._handlers]
-        return tuple(dict.fromkeys([*self._handlers, *extra]))
+        return self._phases
 
     @property
     def mods(self) -> tuple[Mod, ...]:
