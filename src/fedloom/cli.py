@@ -222,7 +222,19 @@ def _deploy_parsers(sub: Any) -> None:
     )
     _run_settings(server, simulation=False)
     net = server.add_argument_group("network")
-    net.add_argument("--address", default="127.0.0.1:8080", help="host:port to listen on")
+    net.add_argument(
+        "--address",
+        default="127.0.0.1:8080",
+        help="HOST:PORT to listen on (default 127.0.0.1:8080; port 0: any free one)",
+    )
+    net.add_argument(
+        "--test-data",
+        metavar="FILE",
+        help="the server's own test set, in any format `fedloom client --data` reads; it also "
+        "describes the model's input (default: the --dataset's test split)",
+    )
+    net.add_argument("--label", default="label", help="--test-data's CSV label column")
+    net.add_argument("--classes", type=int, help="with --test-data: the number of classes")
     net.add_argument("--certs", help="the folder `fedloom certs` wrote")
     net.add_argument("--insecure", action="store_true", help="no TLS, no authentication")
     net.add_argument("--round-timeout", type=float, default=120.0, help="seconds (default 120)")
@@ -287,7 +299,7 @@ def _deploy_parsers(sub: Any) -> None:
 
 _NOT_SETTINGS = {
     "command", "config", "quiet", "address", "certs", "insecure", "round_timeout",
-    "wait_for_clients", "resume", "trainer", "heartbeat_timeout",
+    "wait_for_clients", "resume", "trainer", "heartbeat_timeout", "test_data", "label", "classes",
 }  # fmt: skip
 
 
@@ -356,6 +368,10 @@ def _server(args: argparse.Namespace) -> int:
         heartbeat_timeout=args.heartbeat_timeout,
         resume=args.resume,
         trainer=args.trainer,
+        test_data=args.test_data,
+        label=args.label,
+        classes=args.classes,
+        rounds=args.rounds if args.resume else None,
     )
     started = time.perf_counter()
     result = serve(config, net)

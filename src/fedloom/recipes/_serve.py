@@ -13,19 +13,20 @@ import logging
 import math
 import pickle
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from fedloom.client import ClientContext, Trainer, make_trainer
 from fedloom.config import SimulationConfig
-from fedloom.data import ClientData, load_dataset
+from fedloom.data import ArrayData, ClientData, load_client_data, load_dataset
 from fedloom.errors import ConfigError, DataError, RoundFailedError
 from fedloom.messages import EvalResult
 from fedloom.params import ParamSpec, Vector
-from fedloom.recipes._plan import local_sgd, plan
+from fedloom.recipes._plan import RunPlan, local_sgd, plan
 from fedloom.recipes._simulate import stopper
-from fedloom.server import LoopState, Participation, RunResult, RunStore, run_rounds
+from fedloom.server import LoopState, Participation, RoundState, RunResult, RunStore, run_rounds
 from fedloom.strategy import RoundOutcome
 
 __all__ = ["ServeSettings", "load_trainer", "model_description", "serve", "serve_client"]
@@ -35,7 +36,13 @@ log = logging.getLogger("fedloom.transport")
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """The network side of ``fedloom server``."""
+    """The network side of ``fedloom server``.
+
+    ``test_data`` (a file in any format ``fedloom client --data`` reads, ``label`` naming a
+    CSV's label column) is the server's own test set, and describes the model's input and
+    ``classes`` (default: the largest label + 1); without it the settings' dataset does.
+    ``rounds``, with ``resume``, changes the run's length (never below the rounds done).
+    """
 
     address: str = "127.0.0.1:8080"
     certs: str | None = None
@@ -45,6 +52,10 @@ class ServeSettings:
     heartbeat_timeout: float = 15.0
     resume: bool = False
     trainer: str | None = None
+    test_data: str | None = None
+    label: str = "label"
+    classes: int | None = None
+    rounds: int | None = None
 
 
 def model_description(
@@ -81,48 +92,49 @@ def _tls(certs: str | None, insecure: bool, who: str) -> tuple[bytes, bytes, byt
 
 
 def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
-    """Run (or with ``net.resume``, continue) a federated training over gRPC."""
+    """Run (or with ``net.resume``, continue) a federated training over gRPC.
+
+    Everything that can be wrong before serving (the address, the certificates, the settings,
+    the test data, a port in use) is refused before anything is written: ``OUT/run.db`` is
+    created only once the server is listening.
+    """
+    from fedloom.transport import GrpcFleet, ServerOptions, check_address, start_server
+
     if cfg.out is None:
         raise ConfigError("fedloom server needs --out DIR: the run is kept in DIR/run.db")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    store = RunStore(out / "run.db")
+    check_address(net.address, flag="--address", listening=True)
+    tls = _tls(net.certs, net.insecure, "server")
+    db = Path(cfg.out) / "run.db"
+    store: RunStore | None = None
     try:
         if net.resume:
-            if store.run_id is None:
-                raise ConfigError(f"--resume: {out / 'run.db'} holds no run to continue")
-            cfg = SimulationConfig().replace(**store.run_config())
-        ds = load_dataset(
-            cfg.dataset,
-            num_clients=cfg.clients,
-            partition=cfg.partition,
-            seed=cfg.seed,
-            test_fraction=cfg.test_fraction,
-        )
-        model = model_description(cfg, ds.input_shape, ds.num_classes)
+            if not db.is_file():
+                raise ConfigError(f"--resume: {db} does not exist; start the run without --resume")
+            store = RunStore(db)
+            stored = store.run_config()
+            cfg = SimulationConfig().replace(**stored)
+            state = store.latest()
+            if net.rounds is not None:
+                if net.rounds < state.round:
+                    raise ConfigError(
+                        f"--rounds {net.rounds} is fewer than the {state.round} rounds this run "
+                        f"has done; give at least {state.round}"
+                    )
+                cfg = cfg.replace(rounds=net.rounds)
+        elif db.exists():
+            with RunStore(db) as existing:
+                if existing.run_id is not None:
+                    raise ConfigError(
+                        f"{db} already holds run {existing.run_id}; use --resume to continue "
+                        "it, or a new --out folder"
+                    )
+        test, input_shape, classes = _test_set(cfg, net)
+        model = model_description(cfg, input_shape, classes)
         trainer = load_trainer(net.trainer) if net.trainer else _trainer(model)
         model["spec"] = trainer.spec.to_json()
         if net.trainer:
             model["trainer"] = net.trainer
-        if net.resume:
-            state = store.latest()
-            log.info("resuming run %s after round %d", store.run_id, state.round)
-        else:
-            store.create_run(cfg.to_dict(), trainer.spec, trainer.init_parameters(cfg.seed))
-            state = store.latest()
-        run_id = store.run_id or ""
-        agg, opt, mech = pickle.loads(state.states) if state.states else (None, None, None)
-        resume = LoopState(state.round, state.parameters, state.history, agg, opt, mech)
-        if cfg.local_dp_noise is not None:
-            raise ConfigError(
-                "local DP is a client's own promise to its records, so a client must set it, "
-                "not the server; fedloom client has no local DP settings yet"
-            )
-        if cfg.dp is not None and cfg.clients is None:
-            raise ConfigError(
-                f"--dp {cfg.dp} needs --clients N, the number of users in the federation: delta "
-                "must stay below 1/N"
-            )
+        _refuse_unservable(cfg)
         cohort = cfg.clients_per_round or cfg.clients or cfg.min_clients
         # the cohort comes from whoever is connected, so central DP takes no credit for sampling
         run = plan(
@@ -133,65 +145,123 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
             cohort=cohort,
             amplified=False,
         )
-        privacy = run.privacy
-        if privacy is not None:
-            privacy.replay(state.history)
-        from fedloom.transport import GrpcFleet, ServerOptions, start_server
-
+        run_id = store.run_id if store is not None and store.run_id else uuid.uuid4().hex
         fleet = GrpcFleet(run_id, heartbeat_timeout=net.heartbeat_timeout)
-        options = ServerOptions(
-            net.address,
-            _tls(net.certs, net.insecure, "server"),
-            model,
-            revoked=_revocation(net.certs),
-        )
+        options = ServerOptions(net.address, tls, model, revoked=_revocation(net.certs))
         server, port = start_server(fleet, options)
-        log.warning("serving run %s on port %d", run_id, port)
         try:
-            if not fleet.wait_for_clients(cfg.min_clients, net.wait_for_clients):
-                raise RoundFailedError(
-                    state.round + 1, "join", len(fleet.clients()), cfg.min_clients
+            if store is None:  # serving now: the run starts on disk
+                db.parent.mkdir(parents=True, exist_ok=True)
+                store = RunStore(db)
+                params = trainer.init_parameters(cfg.seed)
+                store.create_run(cfg.to_dict(), trainer.spec, params, run_id=run_id)
+                state = store.latest()
+            elif net.rounds is not None:
+                store.update_config(cfg.to_dict())
+                log.warning("run %s now ends after round %d", run_id, cfg.rounds)
+            else:
+                log.info("resuming run %s after round %d", run_id, state.round)
+            log.warning("serving run %s on port %d", run_id, port)
+            if net.test_data is None:
+                log.warning(
+                    "evaluating on %s's test split; give --test-data FILE to evaluate on data "
+                    "of your own",
+                    cfg.dataset,
                 )
-
-            def commit(loop: LoopState, outcome: RoundOutcome, selected: Any) -> None:
-                states = pickle.dumps(
-                    (loop.aggregator_state, loop.optimizer_state, loop.mechanism_state)
-                )
-                store.commit_round(
-                    loop.history.rounds[-1],
-                    loop.parameters,
-                    states,
-                    _participation(outcome, selected),
-                    loop.history.info,
-                )
-
-            test = ds.test
-
-            def evaluate(parameters: Vector) -> EvalResult:
-                return trainer.evaluate(parameters, test)
-
-            return run_rounds(
-                fleet,
-                run.strategy,
-                state.parameters,
-                rounds=cfg.rounds,
-                client_config=cfg.client_config(),
-                evaluate=evaluate if len(test) else None,
-                min_clients=cfg.min_clients,
-                round_timeout=net.round_timeout,
-                out_dir=out,
-                spec=trainer.spec,
-                resume=resume,
-                on_commit=commit,
-                stop=stopper(cfg, privacy),
-                round_metrics=privacy.metrics if privacy is not None else None,
-            )
+            return _rounds(store, state, run, fleet, net, trainer, test)
         finally:
             fleet.finish()
             time.sleep(min(2.0, net.heartbeat_timeout))  # let clients hear "done"
             server.stop(grace=1.0)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
+
+
+def _test_set(cfg: SimulationConfig, net: ServeSettings) -> tuple[ArrayData, tuple[int, ...], int]:
+    """The server's test set and the model's input shape and classes: from ``--test-data``,
+    else from the settings' dataset (its central test split)."""
+    if net.test_data is None:
+        ds = load_dataset(
+            cfg.dataset,
+            num_clients=cfg.clients,
+            partition=cfg.partition,
+            seed=cfg.seed,
+            test_fraction=cfg.test_fraction,
+        )
+        return ds.test, ds.input_shape, ds.num_classes
+    test = load_client_data(net.test_data, net.label)
+    if len(test) == 0:
+        raise DataError(f"--test-data {net.test_data} holds no examples")
+    classes = net.classes if net.classes is not None else int(test.y.max()) + 1
+    if classes < 2 or int(test.y.min()) < 0 or int(test.y.max()) >= classes:
+        raise DataError(
+            f"--test-data {net.test_data}: labels must be 0 to {classes - 1} (give --classes K "
+            f"for K classes); found {int(test.y.min())} to {int(test.y.max())}"
+        )
+    return test, tuple(test.x.shape[1:]), classes
+
+
+def _refuse_unservable(cfg: SimulationConfig) -> None:
+    if cfg.local_dp_noise is not None:
+        raise ConfigError(
+            "local DP is a client's own promise to its records, so a client must set it, "
+            "not the server; fedloom client has no local DP settings yet"
+        )
+    if cfg.dp is not None and cfg.clients is None:
+        raise ConfigError(
+            f"--dp {cfg.dp} needs --clients N, the number of users in the federation: delta "
+            "must stay below 1/N"
+        )
+
+
+def _rounds(
+    store: RunStore,
+    state: RoundState,
+    run: RunPlan,
+    fleet: Any,
+    net: ServeSettings,
+    trainer: Trainer,
+    test: ArrayData,
+) -> RunResult:
+    """The served run's rounds, each committed to ``store``."""
+    cfg, privacy = run.config, run.privacy
+    if privacy is not None:
+        privacy.replay(state.history)
+    agg, opt, mech = pickle.loads(state.states) if state.states else (None, None, None)
+    resume = LoopState(state.round, state.parameters, state.history, agg, opt, mech)
+    if not fleet.wait_for_clients(cfg.min_clients, net.wait_for_clients):
+        raise RoundFailedError(state.round + 1, "join", len(fleet.clients()), cfg.min_clients)
+
+    def commit(loop: LoopState, outcome: RoundOutcome, selected: Any) -> None:
+        states = pickle.dumps((loop.aggregator_state, loop.optimizer_state, loop.mechanism_state))
+        store.commit_round(
+            loop.history.rounds[-1],
+            loop.parameters,
+            states,
+            _participation(outcome, selected),
+            loop.history.info,
+        )
+
+    def evaluate(parameters: Vector) -> EvalResult:
+        return trainer.evaluate(parameters, test)
+
+    return run_rounds(
+        fleet,
+        run.strategy,
+        state.parameters,
+        rounds=cfg.rounds,
+        client_config=cfg.client_config(),
+        evaluate=evaluate if len(test) else None,
+        min_clients=cfg.min_clients,
+        round_timeout=net.round_timeout,
+        out_dir=cfg.out,
+        spec=trainer.spec,
+        resume=resume,
+        on_commit=commit,
+        stop=stopper(cfg, privacy),
+        round_metrics=privacy.metrics if privacy is not None else None,
+    )
 
 
 def load_trainer(entry_point: str) -> Trainer:
@@ -258,8 +328,11 @@ def serve_client(
 
     The model is the built-in one the server describes, or your own ``trainer`` entry point
     (the same one the server was started with); either way its parameter spec must match the
-    server's.
+    server's. A malformed ``address`` is refused at once (``ConfigError``), never retried.
     """
+    from fedloom.transport import check_address
+
+    check_address(address, flag="--server")
     tls = _tls(certs, insecure, client_id)
 
     def context(model: dict[str, Any]) -> ClientContext:

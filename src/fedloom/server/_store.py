@@ -160,8 +160,16 @@ class RunStore:
             raise DataError(f"{self.path} holds no run yet; start one (without --resume)")
         return str(row[0])
 
-    def create_run(self, config: Mapping[str, Any], spec: ParamSpec, parameters: Vector) -> str:
-        """Start a run: store its config, spec and initial model (as round 0); return its id.
+    def create_run(
+        self,
+        config: Mapping[str, Any],
+        spec: ParamSpec,
+        parameters: Vector,
+        *,
+        run_id: str | None = None,
+    ) -> str:
+        """Start a run: store its config, spec and initial model (as round 0); return its id
+        (``run_id``, or a fresh one).
 
         Raises
         ------
@@ -175,7 +183,7 @@ class RunStore:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"the run config cannot be stored as JSON: {exc}") from None
         blob = _blob(spec, parameters)
-        run_id = uuid.uuid4().hex
+        run_id = run_id or uuid.uuid4().hex
         with self._transaction() as con:
             existing = con.execute("SELECT run_id FROM run").fetchone()
             if existing is not None:
@@ -194,6 +202,16 @@ class RunStore:
         """The run's id, or ``None`` before :meth:`create_run`."""
         row = self._con.execute("SELECT run_id FROM run").fetchone()
         return None if row is None else str(row[0])
+
+    def update_config(self, config: Mapping[str, Any]) -> None:
+        """Replace the run's stored config (a resumed run given more rounds, say)."""
+        try:
+            config_json = json.dumps(dict(config), sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"the run config cannot be stored as JSON: {exc}") from None
+        self._run_row("config")  # refuses a store without a run
+        with self._transaction() as con:
+            con.execute("UPDATE run SET config = ?", (config_json,))
 
     def run_config(self) -> dict[str, Any]:
         """The config the run was created with."""

@@ -5,6 +5,7 @@ any strategy with a :class:`GrpcFleet` behind :func:`start_server` and ``fedloom
 and run any ``ClientApp`` and trainer with :func:`run_client`.
 """
 
+from fedloom.transport._address import DEFAULT_PORT, check_address
 from fedloom.transport._certs import (
     Credentials,
     create_federation,
@@ -17,10 +18,12 @@ from fedloom.transport._fleet import GrpcFleet
 from fedloom.transport._service import ServerOptions, start_server
 
 __all__ = [
+    "DEFAULT_PORT",
     "ClientOptions",
     "Credentials",
     "GrpcFleet",
     "ServerOptions",
+    "check_address",
     "create_federation",
     "credentials",
     "revoke",

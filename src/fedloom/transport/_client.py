@@ -19,12 +19,12 @@ from typing import Any
 import grpc
 
 from fedloom.client import ClientApp, ClientContext
-from fedloom.errors import ClientError, FedloomError, WireError
+from fedloom.errors import ClientError, ConfigError, FedloomError, WireError
 from fedloom.transport._proto import fedloom_pb2 as pb
 from fedloom.transport._service import CLIENT_ID_METADATA, SERVICE
 from fedloom.transport._wire import decode, encode_reply
 
-__all__ = ["ClientOptions", "run_client"]
+__all__ = ["ClientOptions", "permanent_failure", "run_client"]
 
 log = logging.getLogger("fedloom.transport")
 
@@ -33,6 +33,33 @@ _RETRYABLE = (
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.FAILED_PRECONDITION,
 )
+_PERMANENT = (
+    # gRPC says UNAVAILABLE for these too, but no retry mends them
+    ("DNS resolution failed", "the server's host name does not resolve; check --server"),
+    ("Domain name not found", "the server's host name does not resolve; check --server"),
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        "the server's certificate is not from this client's CA (ca.pem), or does not name the "
+        "host in --server; check --certs and --server",
+    ),
+    (
+        "handshake failed",
+        "the TLS handshake failed: this client's certificate or CA does not match the "
+        "server's; check --certs",
+    ),
+)
+_REPORT_EVERY = 10.0  # seconds between "still unavailable" lines
+
+
+def permanent_failure(code: grpc.StatusCode, details: str) -> str | None:
+    """Why an RPC error will not go away by retrying, or None for one that may (a server that
+    is not up yet, or restarting)."""
+    if code not in _RETRYABLE:
+        return f"the server refused this client ({code.name}: {details})"
+    for clue, reason in _PERMANENT:
+        if clue.lower() in details.lower():
+            return f"{reason} ({code.name}: {details})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -89,6 +116,7 @@ def run_client(
     answered = 0
     stop = threading.Event()
     failing_since: float | None = None
+    reported = 0.0
     try:
         while True:
             stop.set()  # the previous session's heartbeats, if any
@@ -109,19 +137,23 @@ def run_client(
                 return answered
             except grpc.RpcError as exc:
                 code = exc.code()
-                details = exc.details() if hasattr(exc, "details") else ""
-                if code not in _RETRYABLE:
-                    raise FedloomError(
-                        f"the server refused this client: {code.name}: {details}"
-                    ) from None
-                failing_since = failing_since or time.monotonic()
-                if time.monotonic() - failing_since > options.give_up:
+                details = (exc.details() if hasattr(exc, "details") else "") or ""
+                permanent = permanent_failure(code, details)
+                if permanent is not None:
+                    raise ConfigError(permanent) from None
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = reported = now
+                    log.warning("server %s unavailable (%s); retrying", options.address, code.name)
+                elif now - reported >= _REPORT_EVERY:
+                    reported = now
+                    log.warning("still retrying after %.0f s (%s)", now - failing_since, code.name)
+                if now - failing_since > options.give_up:
                     raise FedloomError(
                         f"gave up after {options.give_up:g} s: the server at {options.address} is "
                         f"unreachable or refuses the connection ({code.name}: {details}); check "
                         "the address and that this client's certificate comes from its CA"
                     ) from None
-                log.warning("server unavailable (%s); retrying", code.name)
                 time.sleep(1.0)
     finally:
         stop.set()

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from fedloom.errors import WireError
+from fedloom.errors import ConfigError, WireError
 from fedloom.transport._fleet import GrpcFleet
 from fedloom.transport._proto import fedloom_pb2 as pb
 from fedloom.transport._wire import decode, encode_instruction, encode_signal
@@ -150,15 +150,22 @@ def start_server(fleet: GrpcFleet, options: ServerOptions) -> tuple[grpc.Server,
         futures.ThreadPoolExecutor(max_workers=options.max_workers),
         handlers=[grpc.method_handlers_generic_handler(SERVICE, methods)],
     )
-    if options.tls is not None:
-        cert, key, ca = options.tls
-        creds = grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=ca, require_client_auth=True
-        )
-        port = server.add_secure_port(options.address, creds)
-    else:
-        port = server.add_insecure_port(options.address)
+    try:
+        if options.tls is not None:
+            cert, key, ca = options.tls
+            creds = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca, require_client_auth=True
+            )
+            port = server.add_secure_port(options.address, creds)
+        else:
+            port = server.add_insecure_port(options.address)
+    except RuntimeError:  # gRPC's "Failed to bind"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {options.address}")
+        server.stop(None)
+        raise ConfigError(
+            f"cannot listen on {options.address}: the port is in use, or the address is not one "
+            "of this machine's; choose another --address"
+        )
     server.start()
     return server, port
