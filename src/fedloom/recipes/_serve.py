@@ -130,6 +130,7 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                     )
         test, input_shape, classes = _test_set(cfg, net)
         model = model_description(cfg, input_shape, classes)
+        model["built_from"] = net.test_data or cfg.dataset
         trainer = load_trainer(net.trainer) if net.trainer else _trainer(model)
         model["spec"] = trainer.spec.to_json()
         if net.trainer:
@@ -356,5 +357,6 @@ def serve_client(
 
     from fedloom.transport import ClientOptions, run_client
 
-    options = ClientOptions(address, tls, client_id=client_id, give_up=give_up)
+    width = math.prod(data.train.x.shape[1:]) if trainer is None else None
+    options = ClientOptions(address, tls, client_id=client_id, give_up=give_up, features=width)
     return run_client(options, context)

@@ -21,7 +21,7 @@ import grpc
 from fedloom.client import ClientApp, ClientContext
 from fedloom.errors import ClientError, ConfigError, FedloomError, WireError
 from fedloom.transport._proto import fedloom_pb2 as pb
-from fedloom.transport._service import CLIENT_ID_METADATA, SERVICE
+from fedloom.transport._service import CLIENT_ID_METADATA, FEATURES_METADATA, SERVICE
 from fedloom.transport._wire import decode, encode_reply
 
 __all__ = ["ClientOptions", "permanent_failure", "run_client"]
@@ -68,7 +68,9 @@ class ClientOptions:
 
     ``tls`` is ``(client_cert_pem, client_key_pem, ca_pem)``, or ``None`` for an insecure
     channel, in which case ``client_id`` is sent as unauthenticated metadata. ``give_up`` is how
-    long to keep retrying an unreachable server before exiting.
+    long to keep retrying an unreachable server before exiting. ``features``, the width of
+    this client's examples, is sent when joining, so that a server whose model takes another
+    refuses the client at once and says why.
     """
 
     address: str
@@ -77,6 +79,7 @@ class ClientOptions:
     poll_seconds: float = 5.0
     give_up: float = 60.0
     max_message_bytes: int = 1 << 31
+    features: int | None = None
 
 
 class _Session:
@@ -89,6 +92,8 @@ class _Session:
         else:
             self.channel = grpc.insecure_channel(options.address)
         self.metadata = ((CLIENT_ID_METADATA, options.client_id),) if options.tls is None else None
+        said = () if options.features is None else ((FEATURES_METADATA, str(options.features)),)
+        self.join_metadata = (*(self.metadata or ()), *said) or None
         ser = lambda message: message.SerializeToString()  # noqa: E731
         path = f"/{SERVICE}/"
         self.join = self.channel.unary_unary(path + "Join", ser, pb.JoinReply.FromString)
@@ -123,7 +128,9 @@ def run_client(
             stop = threading.Event()
             try:
                 joined = session.join(
-                    pb.JoinRequest(phases=list(app.phases)), timeout=30, metadata=session.metadata
+                    pb.JoinRequest(phases=list(app.phases)),
+                    timeout=30,
+                    metadata=session.join_metadata,
                 )
                 if ctx is None:
                     ctx = make_context(json.loads(joined.model_json))

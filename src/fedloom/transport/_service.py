@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ log = logging.getLogger("fedloom.transport")
 
 SERVICE = "fedloom.v1.Federation"
 CLIENT_ID_METADATA = "fedloom-client-id"
+FEATURES_METADATA = "fedloom-features"
+"""Join metadata: how many features a client's examples have, checked against the model."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,32 @@ class _Handlers:
 
     def join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         client_id = self.identity(context)
+        problem = self.misfit(context)
+        if problem is not None:
+            log.warning("refused client %s: %s", client_id, problem)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         self.fleet.join(client_id)
         return pb.JoinReply(
             run_id=self.fleet.run_id,
             model_json=json.dumps(self.options.model),
             heartbeat_seconds=self.options.heartbeat_seconds,
+        )
+
+    def misfit(self, context: grpc.ServicerContext) -> str | None:
+        """Why a joining client's data cannot train the server's built-in model (it says how
+        many features its examples have), or None."""
+        model = self.options.model
+        said = dict(context.invocation_metadata()).get(FEATURES_METADATA)
+        if "trainer" in model or "input_shape" not in model or not isinstance(said, str):
+            return None
+        width = math.prod(int(x) for x in model["input_shape"])
+        if not said.isdigit() or int(said) == width:
+            return None
+        source = model.get("built_from", "the server's data")
+        return (
+            f"this client's examples have {said} features; the server's model takes {width} "
+            f"(built from {source}): give the client data of {width} features, or start the "
+            "server with --test-data FILE of the clients' kind"
         )
 
     def pull(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:

@@ -1,0 +1,99 @@
+"""A federation on the operators' own files: real server and client processes on 127.0.0.1,
+each hospital with its own CSV, the server with its own test set; a server whose model does not
+fit a client's data refuses it at join, and both say why."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _procs import Fedloom, Proc, rounds
+
+from fedloom.server import RunStore
+
+pytestmark = pytest.mark.slow  # real server and client processes
+
+FEATURES = 4
+
+
+@pytest.fixture
+def fedloom(tmp_path: Path) -> Iterator[Fedloom]:
+    runner = Fedloom(tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.stop_all()
+
+
+def _write_csv(path: Path, rows: int, seed: int) -> None:
+    """Two classes that a linear model separates: the label is whether x·w > 0."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, FEATURES))
+    y = (x @ np.array([1.0, -2.0, 0.5, 1.5]) > 0).astype(int)
+    with path.open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow([f"f{i}" for i in range(FEATURES)] + ["label"])
+        out.writerows([*map(float, row), int(label)] for row, label in zip(x, y, strict=True))
+
+
+def _server(fedloom: Fedloom, *args: str) -> tuple[Proc, int]:
+    command = (
+        "server --insecure --address 127.0.0.1:0 --model logreg --clients 3 --min-clients 3 "
+        "--wait-for-clients 60 --out run"
+    )
+    server = fedloom.start("server", command, *args)
+    return server, fedloom.port(server)
+
+
+def _client(port: int, client_id: str, data: str) -> tuple[str, ...]:
+    return (f"client --insecure --server 127.0.0.1:{port} --client-id {client_id}", "--data", data)
+
+
+def test_three_sites_train_on_their_own_csv_files_and_the_server_on_its_test_set(
+    fedloom: Fedloom, tmp_path: Path
+) -> None:
+    # Prepare: three sites of 4 features, and the coordinating site's own test set
+    for site in range(3):
+        _write_csv(tmp_path / f"site{site}.csv", 120, seed=site)
+    _write_csv(tmp_path / "test.csv", 200, seed=9)
+    server, port = _server(fedloom, "--rounds", "3", "--lr", "0.5", "--test-data", "test.csv")
+
+    # Execute
+    sites = [fedloom.start(f"site{s}", *_client(port, str(s), f"site{s}.csv")) for s in range(3)]
+    status = fedloom.wait(server, 90)
+
+    # Assert: every round with the three sites, evaluated on the server's own test set
+    assert status == 0, fedloom.logs()
+    for site in sites:
+        assert fedloom.wait(site, 30) == 0, fedloom.logs()
+    history = rounds(tmp_path / "run") or []
+    assert [(r["round"], r["clients"]) for r in history] == [(1, 3), (2, 3), (3, 3)]
+    assert history[-1]["accuracy"] > 0.85, fedloom.logs()  # chance is about 0.5
+    with RunStore(tmp_path / "run" / "run.db") as store:
+        assert store.spec().size == FEATURES * 2 + 2  # logreg, 4 features, 2 classes
+
+
+def test_a_client_whose_data_does_not_fit_the_model_is_refused_at_join_and_both_say_why(
+    fedloom: Fedloom, tmp_path: Path
+) -> None:
+    # Prepare: the server's model is built from digits (64 features); the site has 4
+    _write_csv(tmp_path / "site0.csv", 50, seed=0)
+    server, port = _server(fedloom, "--rounds", "1", "--dataset", "digits")
+
+    # Execute
+    site = fedloom.start("site0", *_client(port, "0", "site0.csv"))
+    status = fedloom.wait(site, 30)
+
+    # Assert: the site exits at once with one line; the server logs whom it refused and why
+    assert status == 2, fedloom.logs()
+    reason = "this client's examples have 4 features; the server's model takes 64"
+    assert reason in site.err() and "Traceback" not in site.err(), fedloom.logs()
+    assert "built from digits" in site.err(), fedloom.logs()
+    fedloom.until(
+        "the server's refusal",
+        lambda: True if f"refused client 0: {reason}" in server.err() else None,
+        10,
+    )
