@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Dev extras and the CPU build of PyTorch (torch>=2.2,<2.14 admits the local 2.13.0 CPU wheel).
+# Dev extras and the CPU build of PyTorch (torch>=2.2,<2.14 admits the local 2.13.0 CPU wheel);
+# the demo needs only PyTorch.
 EXTRAS ?= torch,dev
 
 .PHONY: install demo test test-fast test-slow lint bench clean
@@ -10,14 +11,16 @@ EXTRAS ?= torch,dev
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-$(subst ,,$(EXTRAS)): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[$*]"
 	touch $@
 
-install: $(VENV)/.installed-$(subst ,,$(EXTRAS))
+install: $(VENV)/.installed-$(EXTRAS)
 
-demo: install
-	$(BIN)/fedloom simulate examples/demo.toml --out runs/demo
+demo: $(VENV)/.installed-torch
+	$(BIN)/fedloom simulate examples/demo.toml --out runs/demo --overwrite
+	@echo "the fedloom command is in $(BIN)/: run it as $(BIN)/fedloom, or activate the" \
+		"environment first with: . $(BIN)/activate"
 
 # every test, the multi-process ones (marked slow) included
 test: install

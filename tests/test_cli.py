@@ -187,3 +187,61 @@ def test_every_strategy_runs_from_the_cli(
     assert status == 0
     assert [r["clients"] for r in history["rounds"]] == [10, 10]
     assert history["rounds"][-1]["accuracy"] > 0.3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["simulate", "--epochs", "3"],
+            "unrecognized arguments: --epochs; did you mean --local-epochs?",
+        ),
+        (["simulate", "--rounds", "three"], "argument --rounds: invalid int value: 'three'"),
+        (["server", "--adress", "127.0.0.1:1"], "did you mean --address?"),
+    ],
+)
+def test_a_flag_mistake_is_one_line_with_the_nearest_flag_not_the_usage(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_version_is_the_installed_one(capsys: pytest.CaptureFixture[str]) -> None:
+    import fedloom
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fedloom {fedloom.__version__}"
+
+
+ONE_ROUND = ["simulate", "--quiet", "--dataset", "digits", "--model", "logreg", "--clients", "5",
+             "--rounds", "1"]  # fmt: skip
+
+
+def test_a_run_without_out_says_that_nothing_was_written(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(ONE_ROUND) == 0
+    assert "nothing written: give --out DIR" in capsys.readouterr().out
+
+
+def test_a_run_already_in_out_is_kept_unless_overwrite_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a first run in OUT
+    out = tmp_path / "run"
+    assert main([*ONE_ROUND, "--out", str(out)]) == 0
+    first = (out / "history.json").read_text()
+
+    # Execute / Assert: the same OUT is refused in one line, and the first run is untouched
+    assert main([*ONE_ROUND, "--seed", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--overwrite" in err
+    assert (out / "history.json").read_text() == first
+    assert main([*ONE_ROUND, "--seed", "1", "--out", str(out), "--overwrite"]) == 0
+    assert (out / "history.json").read_text() != first

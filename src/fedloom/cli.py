@@ -7,11 +7,14 @@ status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib.metadata
 import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -32,11 +35,40 @@ Outputs with --out DIR: DIR/history.json, DIR/model.npz, DIR/config.toml.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported in one line (and the nearest option for a misspelt
+    one) instead of the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = ""
+        unknown = [w for w in message.partition(": ")[2].split() if w.startswith("--")]
+        if message.startswith("unrecognized arguments") and unknown:
+            near = difflib.get_close_matches(unknown[0].split("=")[0], _options(self), n=1)
+            hint = f"; did you mean {near[0]}?" if near else ""
+        command = " ".join(self.prog.split()[:2])
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {command} --help)\n")
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of ``parser`` and its subcommands."""
+    found: list[str] = []
+    for action in parser._actions:
+        found += [o for o in action.option_strings if o.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _options(child)
+    return sorted(set(found))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fedloom", description="Federated learning: simulate, deploy, keep data private."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    version = importlib.metadata.version("fedloom")
+    parser.add_argument("--version", action="version", version=f"fedloom {version}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     sim = sub.add_parser(
         "simulate",
         help="run a federated simulation on this machine",
@@ -135,6 +167,10 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
     cond.add_argument("--attack-scale", type=float, help="the attack's k (its default if unset)")
     sim.add_argument("--stop-at-accuracy", type=float, help="end the run once accuracy reaches it")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    if simulation:
+        sim.add_argument(
+            "--overwrite", action="store_true", help="replace the run already in --out"
+        )
 
 
 def _common_tail(sim: argparse.ArgumentParser) -> None:
@@ -300,6 +336,7 @@ def _deploy_parsers(sub: Any) -> None:
 _NOT_SETTINGS = {
     "command", "config", "quiet", "address", "certs", "insecure", "round_timeout",
     "wait_for_clients", "resume", "trainer", "heartbeat_timeout", "test_data", "label", "classes",
+    "overwrite",
 }  # fmt: skip
 
 
@@ -462,11 +499,22 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedloom.recipes import simulate
 
     config = _settings(args)
+    if (
+        config.out is not None
+        and (Path(config.out) / "history.json").exists()
+        and not args.overwrite
+    ):
+        raise ConfigError(
+            f"{config.out} already holds a run (history.json); give another --out, or "
+            "--overwrite to replace it"
+        )
     started = time.perf_counter()
     result = simulate(config, progress=not args.quiet)
     print(summary(result.history, time.perf_counter() - started))
     if config.out:
         print(f"history, model and config written to {config.out}/")
+    else:
+        print("nothing written: give --out DIR to keep the history, the model and the settings")
     return 0
 
 
