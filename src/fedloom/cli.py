@@ -271,6 +271,11 @@ def _deploy_parsers(sub: Any) -> None:
     )
     net.add_argument("--label", default="label", help="--test-data's CSV label column")
     net.add_argument("--classes", type=int, help="with --test-data: the number of classes")
+    net.add_argument(
+        "--fill-missing",
+        choices=("mean", "zero"),
+        help="fill --test-data's empty cells with the column mean or 0 (default: refuse them)",
+    )
     net.add_argument("--certs", help="the folder `fedloom certs` wrote")
     net.add_argument("--insecure", action="store_true", help="no TLS, no authentication")
     net.add_argument("--round-timeout", type=float, default=120.0, help="seconds (default 120)")
@@ -316,6 +321,11 @@ def _deploy_parsers(sub: Any) -> None:
     )
     client.add_argument("--user", help="with a LEAF .json --data: which user's data")
     client.add_argument("--label", default="label", help="the CSV's label column (default label)")
+    client.add_argument(
+        "--fill-missing",
+        choices=("mean", "zero"),
+        help="fill the CSV's empty cells with the column mean or 0 (default: refuse them)",
+    )
     client.add_argument("--dataset", help="or: a built-in dataset, one partition of it (demos)")
     client.add_argument("--partition", help="with --dataset: how it is split")
     client.add_argument("--clients", type=int, help="with --dataset: into how many clients")
@@ -336,7 +346,7 @@ def _deploy_parsers(sub: Any) -> None:
 _NOT_SETTINGS = {
     "command", "config", "quiet", "address", "certs", "insecure", "round_timeout",
     "wait_for_clients", "resume", "trainer", "heartbeat_timeout", "test_data", "label", "classes",
-    "overwrite",
+    "overwrite", "fill_missing",
 }  # fmt: skip
 
 
@@ -408,6 +418,7 @@ def _server(args: argparse.Namespace) -> int:
         test_data=args.test_data,
         label=args.label,
         classes=args.classes,
+        fill_missing=args.fill_missing,
         rounds=args.rounds if args.resume else None,
     )
     started = time.perf_counter()
@@ -417,13 +428,17 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> int:
-    from fedloom.data import ClientData, load_client_data, load_dataset
+    from fedloom.data import ClientData, label_names, load_client_data, load_dataset
     from fedloom.recipes import serve_client
 
     if (args.data is None) == (args.dataset is None):
         raise ConfigError("give this client's data: --data FILE, or --dataset NAME (a demo)")
+    names = None
     if args.data is not None:
-        train = load_client_data(args.data, args.label, args.user)
+        names = label_names(args.data, args.label)
+        train = load_client_data(
+            args.data, args.label, args.user, classes=names, fill_missing=args.fill_missing
+        )
         data = ClientData(train, train.subset(np.arange(0)))
     else:
         index = args.partition_index
@@ -447,6 +462,7 @@ def _client(args: argparse.Namespace) -> int:
         data=data,
         give_up=args.give_up,
         trainer=args.trainer,
+        labels=names,
     )
     print(f"the run is over; this client answered {answered} instructions")
     return 0

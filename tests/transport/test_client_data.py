@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedloom.data import load_client_data
+from fedloom.data import label_names, load_client_data
 from fedloom.errors import DataError
 
 MNIST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
@@ -60,3 +60,38 @@ def test_bad_files_say_what_is_wrong(tmp_path: Path, name: str, text: str, messa
 def test_a_missing_path_is_named() -> None:
     with pytest.raises(DataError, match=r"/no/such\.csv does not exist"):
         load_client_data("/no/such.csv")
+
+
+def _csv(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "site.csv"
+    path.write_text(text)
+    return str(path)
+
+
+def test_label_names_become_classes_in_sorted_order_or_in_the_order_given(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "f1,f2,label\n1,2,yes\n3,4,no\n5,6,yes\n")
+    assert label_names(path) == ["no", "yes"]
+    assert load_client_data(path).y.tolist() == [1, 0, 1]
+    assert load_client_data(path, classes=["yes", "no"]).y.tolist() == [0, 1, 0]
+    with pytest.raises(DataError, match=r"row 2 \(line 3\), column 'label': 'no' is not one of"):
+        load_client_data(path, classes=["yes", "maybe"])
+
+
+def test_an_empty_cell_is_refused_with_its_row_and_column_or_filled_when_asked(
+    tmp_path: Path,
+) -> None:
+    path = _csv(tmp_path, "f1,chol,label\n1,200,0\n2,,1\n3,400,0\n")
+    with pytest.raises(DataError, match=r"row 2 \(line 3\), column 'chol' is empty"):
+        load_client_data(path)
+    assert load_client_data(path, fill_missing="mean").x[:, 1].tolist() == [200, 300, 400]
+    assert load_client_data(path, fill_missing="zero").x[:, 1].tolist() == [200, 0, 400]
+    assert label_names(path) is None  # numbered classes
+
+
+def test_a_bad_cell_names_its_row_and_column(tmp_path: Path) -> None:
+    path = _csv(tmp_path, "f1,f2,label\n1,2,0\n3,x,1\n")
+    with pytest.raises(DataError, match=r"row 2 \(line 3\), column 'f2': 'x' is not a number"):
+        load_client_data(path)
+    short = _csv(tmp_path, "f1,f2,label\n1,2\n")
+    with pytest.raises(DataError, match=r"row 1 \(line 2\) has 2 cells; the header has 3"):
+        load_client_data(short)

@@ -28,15 +28,22 @@ def fedloom(tmp_path: Path) -> Iterator[Fedloom]:
         runner.stop_all()
 
 
-def _write_csv(path: Path, rows: int, seed: int) -> None:
-    """Two classes that a linear model separates: the label is whether x·w > 0."""
+def _write_csv(
+    path: Path, rows: int, seed: int, *, names: bool = False, hole: bool = False
+) -> None:
+    """Two classes that a linear model separates: the label is whether x·w > 0 (written as
+    ``yes``/``no`` with ``names``); with ``hole`` the first row's second feature is empty."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, FEATURES))
     y = (x @ np.array([1.0, -2.0, 0.5, 1.5]) > 0).astype(int)
+    cells = [[str(float(v)) for v in row] for row in x]
+    if hole:
+        cells[0][1] = ""
+    labels = [("yes" if v else "no") if names else str(int(v)) for v in y]
     with path.open("w", newline="") as handle:
         out = csv.writer(handle)
         out.writerow([f"f{i}" for i in range(FEATURES)] + ["label"])
-        out.writerows([*map(float, row), int(label)] for row, label in zip(x, y, strict=True))
+        out.writerows([*row, label] for row, label in zip(cells, labels, strict=True))
 
 
 def _server(fedloom: Fedloom, *args: str) -> tuple[Proc, int]:
@@ -55,14 +62,18 @@ def _client(port: int, client_id: str, data: str) -> tuple[str, ...]:
 def test_three_sites_train_on_their_own_csv_files_and_the_server_on_its_test_set(
     fedloom: Fedloom, tmp_path: Path
 ) -> None:
-    # Prepare: three sites of 4 features, and the coordinating site's own test set
+    # Prepare: three sites of 4 features labelled yes/no, one with an empty cell, and the
+    # coordinating site's own test set
     for site in range(3):
-        _write_csv(tmp_path / f"site{site}.csv", 120, seed=site)
-    _write_csv(tmp_path / "test.csv", 200, seed=9)
+        _write_csv(tmp_path / f"site{site}.csv", 120, seed=site, names=True, hole=site == 1)
+    _write_csv(tmp_path / "test.csv", 200, seed=9, names=True)
     server, port = _server(fedloom, "--rounds", "3", "--lr", "0.5", "--test-data", "test.csv")
 
     # Execute
-    sites = [fedloom.start(f"site{s}", *_client(port, str(s), f"site{s}.csv")) for s in range(3)]
+    sites = [
+        fedloom.start(f"site{s}", *_client(port, str(s), f"site{s}.csv"), "--fill-missing", "mean")
+        for s in range(3)
+    ]
     status = fedloom.wait(server, 90)
 
     # Assert: every round with the three sites, evaluated on the server's own test set

@@ -17,18 +17,27 @@ Examples
 from __future__ import annotations
 
 from fedloom.data._builtin import synthetic
-from fedloom.data._files import load_client_data, load_heart_disease, load_leaf, load_mnist_idx
+from fedloom.data._files import (
+    FILL_MISSING,
+    label_names,
+    load_client_data,
+    load_heart_disease,
+    load_leaf,
+    load_mnist_idx,
+)
 from fedloom.data._load import DATASETS, from_arrays, load_dataset
 from fedloom.data._partition import PARTITIONS, partition_indices
 from fedloom.data._types import ArrayData, ClientData, FederatedDataset
 
 __all__ = [
     "DATASETS",
+    "FILL_MISSING",
     "PARTITIONS",
     "ArrayData",
     "ClientData",
     "FederatedDataset",
     "from_arrays",
+    "label_names",
     "load_client_data",
     "load_dataset",
     "load_heart_disease",

@@ -6,6 +6,7 @@ import csv
 import gzip
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -15,9 +16,11 @@ from fedloom.data._types import ArrayData, ClientData
 from fedloom.errors import DataError
 
 __all__ = [
+    "FILL_MISSING",
     "HEART_SITES",
     "find_mnist_files",
     "impute_and_standardise",
+    "label_names",
     "load_client_data",
     "load_heart_disease",
     "load_leaf",
@@ -299,16 +302,36 @@ def _leaf_users(doc: Any) -> dict[str, ArrayData]:
     return out
 
 
-def load_client_data(path: str, label: str = "label", user: str | None = None) -> ArrayData:
+FILL_MISSING = ("mean", "zero")
+"""How ``fill_missing`` fills an empty feature cell of a CSV: the column's mean, or 0."""
+
+
+def load_client_data(
+    path: str,
+    label: str = "label",
+    user: str | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    fill_missing: str | None = None,
+) -> ArrayData:
     """A client's own data from its files.
 
     A ``.csv`` with a header and a ``label`` column (every other column a feature), a ``.npz``
     with arrays ``x`` and ``y``, a folder of MNIST IDX files (the ``train`` pair, else
     ``t10k``), or a LEAF ``.json`` file (the one user in it, or ``user``).
+
+    A CSV's labels are whole numbers, or names (``yes``/``no``): a name's class is its index
+    in ``classes`` (by default the file's names, sorted: see :func:`label_names`; every party
+    of a federation must use the same list). An empty feature cell is refused with its row and
+    column, or filled with its column's mean (``fill_missing="mean"``) or 0 (``"zero"``).
     """
     file = Path(path)
     if not file.exists():
         raise DataError(f"data path {path} does not exist")
+    if fill_missing is not None and fill_missing not in FILL_MISSING:
+        raise DataError(
+            f"fill_missing must be one of {', '.join(FILL_MISSING)}, got {fill_missing!r}"
+        )
     if file.is_dir():
         pairs = find_mnist_files(file)
         images, labels = pairs.get("train") or pairs["t10k"]
@@ -321,29 +344,94 @@ def load_client_data(path: str, label: str = "label", user: str | None = None) -
     if file.suffix == ".json":
         return _leaf_user(file, user)
     if file.suffix == ".csv":
-        return _csv(file, label)
+        return _csv(file, label, classes, fill_missing)
     raise DataError(
         f"{path}: give a .csv (with a label column), a .npz (x, y), a folder of MNIST IDX "
         "files or a LEAF .json file"
     )
 
 
-def _csv(file: Path, label: str) -> ArrayData:
+def label_names(path: str, label: str = "label") -> list[str] | None:
+    """The names a CSV's label column holds, sorted, or ``None`` when its labels are numbers
+    (or the file is not a CSV)."""
+    file = Path(path)
+    if file.suffix != ".csv" or not file.is_file():
+        return None
+    header, rows = _csv_rows(file, label)
+    raw = [r[header.index(label)] for r in rows if len(r) == len(header)]
+    if all(_is_number(v) for v in raw):
+        return None
+    return sorted(set(raw))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_rows(file: Path, label: str) -> tuple[list[str], list[list[str]]]:
     with file.open(newline="") as handle:
         rows = list(csv.reader(handle))
     if not rows or label not in rows[0]:
         raise DataError(f"{file}: no {label!r} column in the header; name it with --label")
-    col = rows[0].index(label)
-    try:
-        values = np.array([[float(v) for v in r] for r in rows[1:]], dtype=np.float64)
-    except ValueError as exc:
-        raise DataError(f"{file}: a value is not a number: {exc}") from None
-    if values.ndim != 2 or len(values) == 0:
-        raise DataError(f"{file}: no rows, or rows of different lengths")
-    labels = values[:, col]
-    if not np.all(labels == np.round(labels)):
-        raise DataError(f"{file}: the {label!r} column must hold whole-number classes")
-    return ArrayData(np.delete(values, col, axis=1), labels.astype(np.int64))
+    return rows[0], rows[1:]
+
+
+def _csv(
+    file: Path, label: str, classes: Sequence[str] | None, fill_missing: str | None
+) -> ArrayData:
+    header, rows = _csv_rows(file, label)
+    if not rows:
+        raise DataError(f"{file}: no rows under the header")
+    col = header.index(label)
+    names = list(classes) if classes is not None else label_names(str(file), label)
+    x = np.empty((len(rows), len(header) - 1), dtype=np.float64)
+    y = np.empty(len(rows), dtype=np.int64)
+    missing = np.zeros(x.shape, dtype=bool)
+    features = [name for i, name in enumerate(header) if i != col]
+    for r, row in enumerate(rows):
+        where = f"{file}: row {r + 1} (line {r + 2})"
+        if len(row) != len(header):
+            raise DataError(f"{where} has {len(row)} cells; the header has {len(header)}")
+        cells = [v.strip() for v in row]
+        y[r] = _class_of(cells[col], names, f"{where}, column {label!r}")
+        for j, value in enumerate(cells[:col] + cells[col + 1 :]):
+            if value == "":
+                if fill_missing is None:
+                    raise DataError(
+                        f"{where}, column {features[j]!r} is empty; fill it, or give "
+                        "--fill-missing mean (or zero)"
+                    )
+                missing[r, j] = True
+                x[r, j] = 0.0
+                continue
+            try:
+                x[r, j] = float(value)
+            except ValueError:
+                raise DataError(
+                    f"{where}, column {features[j]!r}: {value!r} is not a number"
+                ) from None
+    if fill_missing == "mean" and missing.any():
+        counts = (~missing).sum(axis=0)
+        means = np.where(missing, 0.0, x).sum(axis=0) / np.maximum(counts, 1)
+        x = np.where(missing, means, x)
+    return ArrayData(x, y)
+
+
+def _class_of(value: str, names: Sequence[str] | None, where: str) -> int:
+    if value == "":
+        raise DataError(f"{where} is empty: every row needs its label")
+    if names is not None:
+        if value not in names:
+            raise DataError(f"{where}: {value!r} is not one of the classes {', '.join(names)}")
+        return list(names).index(value)
+    number = float(value)
+    if number != round(number):
+        raise DataError(f"{where}: {value!r}: labels must be whole-number classes, or names")
+    return int(number)
 
 
 def _leaf_user(file: Path, user: str | None) -> ArrayData:

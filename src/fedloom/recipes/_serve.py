@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
+
 from fedloom.client import ClientContext, Trainer, make_trainer
 from fedloom.config import SimulationConfig
-from fedloom.data import ArrayData, ClientData, load_client_data, load_dataset
+from fedloom.data import ArrayData, ClientData, label_names, load_client_data, load_dataset
 from fedloom.errors import ConfigError, DataError, RoundFailedError
 from fedloom.messages import EvalResult
 from fedloom.params import ParamSpec, Vector
@@ -39,8 +41,10 @@ class ServeSettings:
     """The network side of ``fedloom server``.
 
     ``test_data`` (a file in any format ``fedloom client --data`` reads, ``label`` naming a
-    CSV's label column) is the server's own test set, and describes the model's input and
-    ``classes`` (default: the largest label + 1); without it the settings' dataset does.
+    CSV's label column, ``fill_missing`` as for :func:`~fedloom.data.load_client_data`) is the
+    server's own test set, and describes the model's input and ``classes`` (default: the
+    largest label + 1, or the CSV's label names, which the clients then map theirs onto);
+    without it the settings' dataset does.
     ``rounds``, with ``resume``, changes the run's length (never below the rounds done).
     """
 
@@ -55,6 +59,7 @@ class ServeSettings:
     test_data: str | None = None
     label: str = "label"
     classes: int | None = None
+    fill_missing: str | None = None
     rounds: int | None = None
 
 
@@ -131,6 +136,9 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
         test, input_shape, classes = _test_set(cfg, net)
         model = model_description(cfg, input_shape, classes)
         model["built_from"] = net.test_data or cfg.dataset
+        names = label_names(net.test_data, net.label) if net.test_data else None
+        if names is not None:
+            model["labels"] = names  # a client maps its label names onto these classes
         trainer = load_trainer(net.trainer) if net.trainer else _trainer(model)
         model["spec"] = trainer.spec.to_json()
         if net.trainer:
@@ -191,9 +199,12 @@ def _test_set(cfg: SimulationConfig, net: ServeSettings) -> tuple[ArrayData, tup
             test_fraction=cfg.test_fraction,
         )
         return ds.test, ds.input_shape, ds.num_classes
-    test = load_client_data(net.test_data, net.label)
+    names = label_names(net.test_data, net.label)
+    test = load_client_data(net.test_data, net.label, classes=names, fill_missing=net.fill_missing)
     if len(test) == 0:
         raise DataError(f"--test-data {net.test_data} holds no examples")
+    if names is not None:
+        return test, tuple(test.x.shape[1:]), len(names)
     classes = net.classes if net.classes is not None else int(test.y.max()) + 1
     if classes < 2 or int(test.y.min()) < 0 or int(test.y.max()) >= classes:
         raise DataError(
@@ -298,6 +309,24 @@ def _participation(outcome: RoundOutcome, selected: Any) -> list[Participation]:
     return rows
 
 
+def _map_labels(data: ClientData, names: list[str], server: Any) -> ClientData:
+    """``data`` with its classes (indices into ``names``) renumbered as the server's."""
+    if not isinstance(server, list):
+        raise DataError(
+            f"this client's labels are names ({', '.join(names)}); the server's test data has "
+            "numbered classes: use the same kind of labels on both sides"
+        )
+    unknown = [n for n in names if n not in server]
+    if unknown:
+        raise DataError(
+            f"this client's label {unknown[0]!r} is not one of the server's classes "
+            f"({', '.join(map(str, server))})"
+        )
+    order = np.array([server.index(n) for n in names], dtype=np.int64)
+    train = data.train
+    return ClientData(ArrayData(train.x, order[train.y]), data.test)
+
+
 def _trainer(model: dict[str, Any]) -> Trainer:
     try:
         return make_trainer(
@@ -324,12 +353,15 @@ def serve_client(
     data: ClientData,
     give_up: float = 60.0,
     trainer: str | None = None,
+    labels: list[str] | None = None,
 ) -> int:
     """Join the server at ``address`` as ``client_id`` and train until the run ends.
 
     The model is the built-in one the server describes, or your own ``trainer`` entry point
     (the same one the server was started with); either way its parameter spec must match the
     server's. A malformed ``address`` is refused at once (``ConfigError``), never retried.
+    ``labels`` are the names this client's classes stand for (its CSV's, sorted): they are
+    mapped onto the server's classes when it joins.
     """
     from fedloom.transport import check_address
 
@@ -342,18 +374,19 @@ def serve_client(
                 f"the server trains its own model {model['trainer']}; start this client with "
                 f"--trainer {model['trainer']}"
             )
+        own = data if labels is None else _map_labels(data, labels, model.get("labels"))
         local = load_trainer(trainer) if trainer else _trainer(model)
         if "spec" in model and local.spec != ParamSpec.from_json(str(model["spec"])):
             raise DataError("this client's model has other parameters than the server's")
         if trainer:
-            return ClientContext(client_id, data, local)
+            return ClientContext(client_id, own, local)
         width = math.prod(int(x) for x in model["input_shape"])
-        if data.train.x.shape[1] != width:
+        if own.train.x.shape[1] != width:
             raise DataError(
-                f"this client's examples have {data.train.x.shape[1]} features; the server's "
+                f"this client's examples have {own.train.x.shape[1]} features; the server's "
                 f"model takes {width}"
             )
-        return ClientContext(client_id, data, local)
+        return ClientContext(client_id, own, local)
 
     from fedloom.transport import ClientOptions, run_client
 
