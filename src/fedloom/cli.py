@@ -242,7 +242,13 @@ def _deploy_parsers(sub: Any) -> None:
         "--server-host",
         action="append",
         default=[],
-        help="an IP address or DNS name clients dial (repeatable)",
+        help="an IP address or DNS name clients dial (repeatable; 127.0.0.1 and localhost "
+        "are always added, unless --no-local-hosts)",
+    )
+    certs.add_argument(
+        "--no-local-hosts",
+        action="store_true",
+        help="leave 127.0.0.1 and localhost out of the server's certificate",
     )
     certs.add_argument("--clients", default="", help="comma-separated client ids to issue")
     certs.add_argument("--revoke", metavar="ID", help="revoke this client")
@@ -396,7 +402,8 @@ def _certs(args: argparse.Namespace) -> int:
         print(f"revoked {args.revoke}; a running server refuses it from its next call")
         return 0
     clients = [c for c in args.clients.split(",") if c]
-    hosts = args.server_host or ["127.0.0.1", "localhost"]
+    local = [] if args.no_local_hosts else ["127.0.0.1", "localhost"]
+    hosts = list(dict.fromkeys([*args.server_host, *local]))
     made = create_federation(out, server_hosts=hosts, clients=clients, days=args.days)
     print(f"credentials in {out}/: ca.pem, server.pem/.key, clients/ for {', '.join(clients)}")
     return 0 if made else 2

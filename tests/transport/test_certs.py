@@ -274,3 +274,23 @@ def test_grpc_mutual_tls_names_the_client_and_refuses_strangers(
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop(None)
+
+
+def test_fedloom_certs_always_names_this_machine_in_the_server_certificate(
+    tmp_path: Path,
+) -> None:
+    # Prepare / Execute: a federation for a server on another address, and one told otherwise
+    from fedloom.cli import main
+
+    assert main(["certs", "--out", str(tmp_path / "a"), "--server-host", "10.0.0.5"]) == 0
+    assert main(["certs", "--out", str(tmp_path / "b"), "--server-host", "10.0.0.5",
+                 "--no-local-hosts"]) == 0  # fmt: skip
+
+    # Assert
+    def names(folder: str) -> set[str]:
+        san = _ext(_cert(tmp_path / folder / "server.pem"), x509.SubjectAlternativeName)
+        ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+        return ips | set(san.get_values_for_type(x509.DNSName))
+
+    assert {"10.0.0.5", "127.0.0.1", "localhost"} <= names("a")
+    assert "localhost" not in names("b") and "127.0.0.1" not in names("b")
