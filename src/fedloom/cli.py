@@ -7,12 +7,14 @@ status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib.metadata
 import logging
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -429,8 +431,9 @@ def _server(args: argparse.Namespace) -> int:
         rounds=args.rounds if args.resume else None,
     )
     started = time.perf_counter()
-    result = serve(config, net)
-    print(summary(result.history, time.perf_counter() - started))
+    with _sigterm_as_interrupt():
+        result = serve(config, net)
+    _closing(result, time.perf_counter() - started)
     return 0
 
 
@@ -533,12 +536,33 @@ def _simulate(args: argparse.Namespace) -> int:
         )
     started = time.perf_counter()
     result = simulate(config, progress=not args.quiet)
-    print(summary(result.history, time.perf_counter() - started))
+    _closing(result, time.perf_counter() - started)
     if config.out:
         print(f"history, model and config written to {config.out}/")
     else:
         print("nothing written: give --out DIR to keep the history, the model and the settings")
     return 0
+
+
+def _closing(result: Any, seconds: float) -> None:
+    """The run's summary, and why it ended early when it did."""
+    print(summary(result.history, seconds))
+    if result.stopped:
+        print(f"stopped early: {result.stopped}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the server as Ctrl-C does: at a clean point, clients told it pauses."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -375,6 +375,10 @@ class DistributedLedger:
 
     def would_exceed(self, target_epsilon: float) -> bool:
         """Would one more round, in the worst case (``least`` contributors), pass the target?"""
+        return self.next_epsilon() > target_epsilon
+
+    def next_epsilon(self) -> float:
+        """Epsilon after one more round, in the worst case (``least`` contributors)."""
         if self.sigma == 0:
-            return True
-        return ddg_epsilon([*self.rhos, self.rho(self.least)], self.delta) > target_epsilon
+            return math.inf
+        return ddg_epsilon([*self.rhos, self.rho(self.least)], self.delta)

@@ -35,6 +35,10 @@ class CentralPrivacy:
             return False
         return self.ledger is None or self.ledger.would_exceed(completed + 1, target)
 
+    def next_epsilon(self, completed: int) -> float:
+        """The epsilon after one more round."""
+        return self.ledger.spent(completed + 1) if self.ledger is not None else math.inf
+
     def replay(self, history: History) -> None:
         """Nothing to do on resume: central DP's epsilon depends on the round count alone."""
 
@@ -59,6 +63,10 @@ class DistributedPrivacy:
         """Would one more round, with the fewest clients it may complete with, pass the target?"""
         target = self.target_epsilon
         return target is not None and self.ledger.would_exceed(target)
+
+    def next_epsilon(self, completed: int) -> float:
+        """The epsilon after one more round with the fewest clients it may complete with."""
+        return self.ledger.next_epsilon()
 
 
 RunPrivacy = CentralPrivacy | DistributedPrivacy

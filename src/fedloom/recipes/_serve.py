@@ -102,6 +102,11 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
     Everything that can be wrong before serving (the address, the certificates, the settings,
     the test data, a port in use) is refused before anything is written: ``OUT/run.db`` is
     created only once the server is listening.
+
+    An interruption (``KeyboardInterrupt``; the command line turns SIGTERM into one) stops the
+    run after its last committed round: the clients are told the server pauses, so they keep
+    retrying and a ``--resume`` finds them, and the result says where it stopped. A run that
+    fails tells its clients so, and they exit with an error.
     """
     from fedloom.transport import GrpcFleet, ServerOptions, check_address, start_server
 
@@ -119,7 +124,7 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
             stored = store.run_config()
             cfg = SimulationConfig().replace(**stored)
             state = store.latest()
-            if net.rounds is not None:
+            if net.rounds is not None and net.rounds != cfg.rounds:
                 if net.rounds < state.round:
                     raise ConfigError(
                         f"--rounds {net.rounds} is fewer than the {state.round} rounds this run "
@@ -158,6 +163,7 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
         fleet = GrpcFleet(run_id, heartbeat_timeout=net.heartbeat_timeout)
         options = ServerOptions(net.address, tls, model, revoked=_revocation(net.certs))
         server, port = start_server(fleet, options)
+        outcome = "failed"
         try:
             if store is None:  # serving now: the run starts on disk
                 db.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +171,7 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                 params = trainer.init_parameters(cfg.seed)
                 store.create_run(cfg.to_dict(), trainer.spec, params, run_id=run_id)
                 state = store.latest()
-            elif net.rounds is not None:
+            elif cfg.rounds != stored.get("rounds"):
                 store.update_config(cfg.to_dict())
                 log.warning("run %s now ends after round %d", run_id, cfg.rounds)
             else:
@@ -177,9 +183,22 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                     "of your own",
                     cfg.dataset,
                 )
-            return _rounds(store, state, run, fleet, net, trainer, test)
+            result = _rounds(store, state, run, fleet, net, trainer, test)
+            outcome = "done"
+            return result
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the command line
+            if store is None:
+                raise
+            outcome = "paused"
+            latest = store.latest()
+            log.warning("stopped after round %d, the last one committed", latest.round)
+            why = (
+                f"interrupted after round {latest.round}; continue with the same command and "
+                "--resume (the clients wait for it)"
+            )
+            return RunResult(latest.parameters, latest.history, why)
         finally:
-            fleet.finish()
+            fleet.finish(outcome)
             time.sleep(min(2.0, net.heartbeat_timeout))  # let clients hear "done"
             server.stop(grace=1.0)
     finally:

@@ -128,15 +128,22 @@ def conditions_for(
     )
 
 
-def stopper(cfg: SimulationConfig, privacy: RunPrivacy | None) -> Callable[[History], bool]:
-    """Stop at the target accuracy, or before a round that would pass the target epsilon."""
+def stopper(cfg: SimulationConfig, privacy: RunPrivacy | None) -> Callable[[History], str | None]:
+    """Stop at the target accuracy, or before a round that would pass the target epsilon; the
+    answer is why, in words."""
 
-    def stop(history: History) -> bool:
+    def stop(history: History) -> str | None:
         accuracy = history.final_accuracy
         target = cfg.stop_at_accuracy
         if target is not None and accuracy is not None and accuracy >= target:
-            return True
-        return privacy is not None and privacy.exhausted(len(history))
+            return f"accuracy {accuracy:.4f} reached --stop-at-accuracy {target:g}"
+        if privacy is not None and privacy.exhausted(len(history)):
+            cost = privacy.next_epsilon(len(history))
+            return (
+                f"round {len(history) + 1} would spend epsilon {cost:.3g}, past "
+                f"--target-epsilon {cfg.target_epsilon:g}"
+            )
+        return None
 
     return stop
 

@@ -55,10 +55,15 @@ Commit = Callable[[LoopState, RoundOutcome, Sequence[str]], None]
 
 @dataclass(frozen=True)
 class RunResult:
-    """The final global model and the history of the run."""
+    """The final global model and the history of the run.
+
+    ``stopped`` says why the run ended before its last round (the target accuracy reached, the
+    privacy budget, an interruption); ``None`` when it ran them all.
+    """
 
     parameters: Vector
     history: History
+    stopped: str | None = None
 
 
 def drive(steps: RoundSteps, fleet: Fleet, timeout: float | None) -> RoundOutcome:
@@ -109,7 +114,7 @@ def run_rounds(
     spec: ParamSpec | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     run_info: Mapping[str, Any] | None = None,
-    stop: Callable[[History], bool] | None = None,
+    stop: Callable[[History], str | bool | None] | None = None,
     resume: LoopState | None = None,
     on_commit: Commit | None = None,
     round_metrics: Callable[[int, RoundOutcome], Mapping[str, float]] | None = None,
@@ -122,7 +127,8 @@ def run_rounds(
     ``evaluate``; on the selected clients' local test splits when ``federated_evaluation``), and,
     when ``out_dir`` is given, saves ``model.npz`` (needs ``spec``) and ``history.json`` there.
     ``run_info`` (the malicious clients of a simulated attack, say) is kept in the history.
-    ``stop``, when given, is asked after every round and ends the run early when it says so.
+    ``stop``, when given, is asked after every round and ends the run early when it answers
+    true: with a sentence, that is why (:attr:`RunResult.stopped`).
     ``resume`` continues a run after its last completed round, with its history and the
     strategy's states; ``on_commit`` is given each new state (to persist it) before the next
     round starts. ``round_metrics(round, outcome)`` adds metrics to each round's record (the
@@ -146,6 +152,7 @@ def run_rounds(
         mech_state = resume.mechanism_state
     needed = max(min_clients, required_updates(strategy.aggregator))
     out = Path(out_dir) if out_dir is not None else None
+    stopped: str | None = None
     for round in range(first, rounds + 1):
         started = time.perf_counter()
         available = fleet.clients()
@@ -201,7 +208,11 @@ def run_rounds(
             on_commit(state, outcome, selected)
         if on_round is not None:
             on_round(record)
-        if stop is not None and stop(history):
-            log.info("round %d: stopping early, as asked", round)
-            break
-    return RunResult(parameters, history)
+        why = stop(history) if stop is not None else None
+        if why:
+            stopped = why if isinstance(why, str) else "asked to stop"
+            if round < rounds:
+                log.info("round %d: stopping early: %s", round, stopped)
+                break
+            stopped = None  # the last round: the run ended as planned
+    return RunResult(parameters, history, stopped)

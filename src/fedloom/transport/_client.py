@@ -142,6 +142,15 @@ def run_client(
                 failing_since = None
                 answered += _serve(session, joined.run_id, app, ctx)
                 return answered
+            except _Paused as paused:
+                answered += paused.answered
+                if failing_since is None:
+                    log.warning(
+                        "the server is pausing; waiting up to %g s for it to resume",
+                        options.give_up,
+                    )
+                    failing_since = reported = time.monotonic()
+                time.sleep(1.0)
             except grpc.RpcError as exc:
                 code = exc.code()
                 details = (exc.details() if hasattr(exc, "details") else "") or ""
@@ -165,6 +174,14 @@ def run_client(
     finally:
         stop.set()
         session.close()
+
+
+class _Paused(Exception):
+    """The server stopped for now (it said so): keep retrying until it comes back."""
+
+    def __init__(self, answered: int) -> None:
+        super().__init__(answered)
+        self.answered = answered
 
 
 def _heartbeats(session: _Session, joined: pb.JoinReply, stop: threading.Event) -> None:
@@ -197,6 +214,13 @@ def _serve(session: _Session, run_id: str, app: ClientApp, ctx: ClientContext) -
         if kind == "done":
             log.info("the run is over; answered %d instructions", answered)
             return answered
+        if kind == "failed":
+            raise FedloomError(
+                f"the server's run failed after this client answered {answered} instructions; "
+                "see the server's log"
+            )
+        if kind == "paused":
+            raise _Paused(answered)
         if kind != "instruction":
             continue
         ins = message.instruction()

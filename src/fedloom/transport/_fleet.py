@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedloom.errors import WireError
+from fedloom.errors import ConfigError, WireError
 from fedloom.messages import Instruction, Reply
 from fedloom.transport._wire import Message
 
-__all__ = ["GrpcFleet", "Outstanding"]
+__all__ = ["OUTCOMES", "GrpcFleet", "Outstanding"]
+
+OUTCOMES = ("done", "failed", "paused")
+"""How a served run can end, as its clients are told."""
 
 log = logging.getLogger("fedloom.transport")
 
@@ -64,6 +67,7 @@ class GrpcFleet:
         self._replies: deque[Reply] = deque()
         self._cond = threading.Condition()
         self._finished = False
+        self.outcome = "done"
 
     # ---------------------------------------------------------------- called by the service
 
@@ -117,6 +121,8 @@ class GrpcFleet:
             if header.message_id in slot.answered:
                 return True, "already accepted (a retry)"
             pending = slot.pending
+            if self._finished:
+                return False, f"the run is {'over' if self.outcome == 'done' else self.outcome}"
             if pending is None or pending.message_id != header.message_id:
                 return False, "answers no outstanding instruction (stale, replayed or misrouted)"
             ins = pending.instruction
@@ -179,19 +185,23 @@ class GrpcFleet:
                 waiting[cid] = mid
             self._cond.notify_all()
         deadline = None if timeout is None else time.monotonic() + timeout
+        abandoned = False
         try:
             while waiting:
                 reply = self._next_reply(waiting, deadline)
                 if reply is None:
                     break
                 yield reply
+        except BaseException:  # the round stopped listening: an interrupted server, say
+            abandoned = True
+            raise
         finally:
             with self._cond:
                 for cid, mid in waiting.items():
                     slot = self._slots.get(cid)
                     if slot is not None and slot.pending and slot.pending.message_id == mid:
                         slot.pending = None
-                if waiting:
+                if waiting and not abandoned:
                     log.warning("no reply from %s in time", ", ".join(sorted(waiting)))
 
     def _next_reply(self, waiting: dict[str, str], deadline: float | None) -> Reply | None:
@@ -211,9 +221,14 @@ class GrpcFleet:
                     return None
                 self._cond.wait(0.5 if deadline is None else max(0.0, min(0.5, deadline - now)))
 
-    def finish(self) -> None:
-        """Tell every client that the run is over."""
+    def finish(self, outcome: str = "done") -> None:
+        """Tell every client how the run ended: ``"done"`` (they exit), ``"failed"`` (they
+        exit with an error), or ``"paused"`` (the server stops for now; they keep retrying, so
+        that a resumed run finds them)."""
+        if outcome not in OUTCOMES:
+            raise ConfigError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
         with self._cond:
+            self.outcome = outcome
             self._finished = True
             self._cond.notify_all()
 

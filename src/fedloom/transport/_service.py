@@ -108,11 +108,11 @@ class _Handlers:
         if request.run_id != self.fleet.run_id:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "another run: join again")
         if self.fleet.finished:
-            yield from encode_signal(self.fleet.run_id, "done")
+            yield from encode_signal(self.fleet.run_id, self.fleet.outcome)
             return
         outstanding = self.fleet.pull(client_id, request.wait_seconds)
         if outstanding is None:
-            kind = "done" if self.fleet.finished else "wait"
+            kind = self.fleet.outcome if self.fleet.finished else "wait"
             yield from encode_signal(self.fleet.run_id, kind)
             return
         yield from encode_instruction(

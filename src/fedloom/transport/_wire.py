@@ -137,7 +137,8 @@ def encode_reply(run_id: str, message_id: str, reply: Reply) -> Iterator[pb.Chun
 
 
 def encode_signal(run_id: str, kind: str) -> Iterator[pb.Chunk]:
-    """A bodiless message: ``wait`` (nothing to do yet) or ``done`` (the run is over)."""
+    """A bodiless message: ``wait`` (nothing to do yet), or how the run ended: ``done``,
+    ``failed``, or ``paused`` (the server stops for now and will resume)."""
     yield pb.Chunk(header=pb.Header(run_id=run_id, kind=kind))
 
 
