@@ -245,3 +245,22 @@ def test_a_run_already_in_out_is_kept_unless_overwrite_is_given(
     assert (out / "history.json").read_text() == first
     assert main([*ONE_ROUND, "--seed", "1", "--out", str(out), "--overwrite"]) == 0
     assert (out / "history.json").read_text() != first
+
+
+def test_a_run_that_stops_early_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*ONE_ROUND[:-1], "5", "--stop-at-accuracy", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped early: accuracy 0." in out and "reached --stop-at-accuracy 0.2" in out
+
+
+def test_a_run_that_stops_at_its_privacy_budget_says_what_the_next_round_would_cost(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # every client every round at z = 1: round 1 spends about 3.4, round 2 more than 4
+    argv = [*ONE_ROUND[:-1], "5", "--dp", "central", "--noise-multiplier", "1",
+            "--target-epsilon", "4", "--delta", "1e-3"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 rounds in" in out and "epsilon spent" in out
+    assert "stopped early: round 2 would spend epsilon" in out
+    assert "past --target-epsilon 4" in out

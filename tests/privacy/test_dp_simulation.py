@@ -134,3 +134,21 @@ def test_clipping_alone_records_an_unbounded_epsilon_and_refuses_a_budget() -> N
     assert [r.metrics["epsilon"] for r in result.history] == [float("inf")] * 2
     with pytest.raises(ConfigError, match="spends an unbounded epsilon"):
         fedloom.simulate(**{**RUN, "noise_multiplier": 0.0}, target_epsilon=100.0)
+
+
+def test_dp_over_a_handful_of_clients_warns_that_the_noise_drowns_the_mean(caplog) -> None:
+    # logreg on digits has 650 parameters: z = 1 over 3 clients is noise of about
+    # sqrt(650) / 3 = 8.5 times the largest mean; over 100 clients at z = 0.01 it is 0.25x
+    from fedloom.config import SimulationConfig
+    from fedloom.recipes import plan
+
+    few = SimulationConfig(model="logreg", clients=3, dp="central", noise_multiplier=1.0)
+    with caplog.at_level("WARNING", logger="fedloom.recipes"):
+        plan(few, population=3, dim=650)
+    assert "about 8.5x the largest update" in caplog.text
+    assert "it takes 26 or more clients per round" in caplog.text
+    caplog.clear()
+    many = SimulationConfig(model="logreg", clients=100, dp="central", noise_multiplier=0.01)
+    with caplog.at_level("WARNING", logger="fedloom.recipes"):
+        plan(many, population=100, dim=650)
+    assert "noise" not in caplog.text

@@ -8,6 +8,8 @@ its update chain and round mechanism, and the privacy ledger. Nothing below this
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 
 from fedloom.compression import FixedPoint
@@ -40,6 +42,8 @@ from fedloom.strategy import (
 )
 
 __all__ = ["RunPlan", "cohort_size", "default_delta", "local_sgd", "plan", "sampler_for"]
+
+log = logging.getLogger("fedloom.recipes")
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,8 @@ def _privacy_plan(
     if cfg.secure_aggregation is not None:
         mechanism = _secure_aggregation(cfg, cohort)
         name = f"{name}+{cfg.secure_aggregation}"
+    if cfg.dp is not None:
+        _warn_if_noise_drowns_the_mean(cfg.dp, _DP.of(cfg, population), cohort, dim)
     if cfg.dp == "central":
         central, privacy = _central_dp(cfg, _DP.of(cfg, population), cohort, population, amplified)
         links.append(central)
@@ -196,6 +202,25 @@ def _privacy_plan(
     if cfg.target_epsilon is not None and privacy is not None and privacy.exhausted(0):
         raise ConfigError(_first_round_too_costly(cfg, privacy))
     return composed, privacy
+
+
+def _warn_if_noise_drowns_the_mean(mode: str, dp: _DP, cohort: int, dim: int) -> None:
+    """Say so when each round's noise outweighs the largest mean the clients could send.
+
+    User-level DP adds noise of norm about ``z·C·sqrt(d)`` to a sum of ``m`` updates each of
+    norm at most ``C``, so the noise on the mean is about ``z·sqrt(d)/m`` times the largest
+    signal; above 1, rounds are mostly noise.
+    """
+    ratio = dp.noise_multiplier * math.sqrt(dim) / cohort
+    if ratio > 1:
+        needed = math.ceil(dp.noise_multiplier * math.sqrt(dim))
+        log.warning(
+            "--dp %s with %d clients per round: the noise on each round's mean is about %.1fx "
+            "the largest update the clients can send (z*sqrt(d)/m = %g*sqrt(%d)/%d), so the "
+            "model will learn little; it takes %d or more clients per round (or less noise) "
+            "for the signal to outweigh the noise",
+            mode, cohort, ratio, dp.noise_multiplier, dim, cohort, needed,
+        )  # fmt: skip
 
 
 def _secure_aggregation(cfg: SimulationConfig, cohort: int) -> SecAggRound:
