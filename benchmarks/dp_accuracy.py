@@ -110,10 +110,10 @@ from typing import Any
 from _meta import cpu_model, git_state, log, spread
 
 import fedloom
-from fedloom.client import make_trainer
 from fedloom.compression import FixedPoint
 from fedloom.data import load_dataset
 from fedloom.data._files import HEART_SITES
+from fedloom.models import make_trainer
 from fedloom.privacy import Mechanism, StepCount, distributed_noise, epsilon, noise_for_epsilon
 from fedloom.privacy._discrete import ddg_epsilon, ddg_rho
 from fedloom.recipes import audit_run

@@ -25,7 +25,7 @@ from typing import Any
 
 import fedloom
 from fedloom import SimulationConfig
-from fedloom.client import make_trainer
+from fedloom.models import make_trainer
 
 
 def _run(settings: dict[str, Any], label: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "strategy",
         "privacy secagg compression",
         "client server",
-        "simulation transport",
+        "simulation transport models",
         "config",
         "recipes",
         "cli",

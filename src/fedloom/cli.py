@@ -20,10 +20,10 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from fedloom.client import MODELS
 from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig, load_toml
 from fedloom.data import DATASETS, PARTITIONS
 from fedloom.errors import ConfigError, DataError, FedloomError
+from fedloom.models import MODELS
 from fedloom.simulation import ATTACKS
 from fedloom.strategy import STRATEGIES
 from fedloom.tracking import summary
@@ -227,6 +227,27 @@ def _audit_parser(sub: Any) -> None:
     audit.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of a simulate run")
     audit.add_argument("--seed", type=int, default=0, help="seed of the balancing subsample (0)")
     audit.add_argument("--json", metavar="FILE", help="also write the audit as JSON to FILE")
+    use = sub.add_parser(
+        "predict",
+        help="the classes a finished run's model gives a file's examples",
+        description="Predict with the final model of a run (the --out folder of fedloom "
+        "simulate or fedloom server): one class per example of --data, written as a CSV of one "
+        "`prediction` column; with a label column in --data, the accuracy too.",
+    )
+    use.add_argument("run_dir", metavar="RUN_DIR", help="the run's --out folder")
+    use.add_argument("--data", required=True, help="examples: .csv (label column optional), "
+                     ".npz (x, y), MNIST IDX folder, or LEAF .json")  # fmt: skip
+    use.add_argument("--label", default="label", help="the CSV's label column, if any")
+    use.add_argument("--out", metavar="FILE", help="where to write the predictions (CSV)")
+    export = sub.add_parser(
+        "export",
+        help="a finished run's model as a PyTorch state dict",
+        description="Write the final model of a run as a PyTorch state dict: it loads into "
+        "fedloom.models.mlp or cnn with the run's shape (RUN_DIR/model.json), and a logreg "
+        "model into torch.nn.Linear(features, classes).",
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", help="the run's --out folder")
+    export.add_argument("--out", metavar="FILE", help="where to write it (RUN_DIR/model.pt)")
 
 
 def _deploy_parsers(sub: Any) -> None:
@@ -544,6 +565,23 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from fedloom.recipes import predict
+
+    made = predict(args.run_dir, args.data, label=args.label, out=args.out)
+    where = f"; written to {args.out}" if args.out else ""
+    scored = f", accuracy {made.accuracy:.4f}" if made.accuracy is not None else ""
+    print(f"{len(made.classes)} predictions{scored}{where}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fedloom.recipes import export
+
+    print(f"state dict written to {export(args.run_dir, args.out)}")
+    return 0
+
+
 def _closing(result: Any, seconds: float) -> None:
     """The run's summary, and why it ended early when it did."""
     print(summary(result.history, seconds))
@@ -575,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {
             "simulate": _simulate, "privacy": _privacy, "certs": _certs, "server": _server,
-            "client": _client, "audit": _audit,
+            "client": _client, "audit": _audit, "predict": _predict, "export": _export,
         }  # fmt: skip
         return commands[args.command](args)
     except (ConfigError, DataError) as exc:

@@ -15,13 +15,11 @@ from fedloom.client import (
     LinearTrainer,
     TorchTrainer,
     client_seed,
-    cnn,
-    make_trainer,
-    mlp,
 )
 from fedloom.data import ArrayData, ClientData
 from fedloom.errors import ClientError, ConfigError
 from fedloom.messages import Instruction
+from fedloom.models import cnn, make_trainer, mlp
 
 
 def _data(n: int = 40, d: int = 4, classes: int = 3, seed: int = 0) -> ArrayData:

@@ -15,10 +15,11 @@ import pytest
 
 import fedloom
 from fedloom.cli import main
-from fedloom.client import LinearTrainer, TorchTrainer, mlp
+from fedloom.client import LinearTrainer, TorchTrainer
 from fedloom.data import ArrayData
 from fedloom.errors import ConfigError, DataError
 from fedloom.messages import Config
+from fedloom.models import mlp
 from fedloom.params import Vector
 from fedloom.privacy import (
     Mechanism,

@@ -86,6 +86,24 @@ def test_three_sites_train_on_their_own_csv_files_and_the_server_on_its_test_set
     with RunStore(tmp_path / "run" / "run.db") as store:
         assert store.spec().size == FEATURES * 2 + 2  # logreg, 4 features, 2 classes
 
+    # the trained model, used: predictions by label name, scored as the server scored them;
+    # the exported state dict gives the same classes in PyTorch
+    fedloom.run("predict", "predict run --data test.csv --out predictions.csv")
+    assert f"accuracy {history[-1]['accuracy']:.4f}" in fedloom.procs[-1].out(), fedloom.logs()
+    written = (tmp_path / "predictions.csv").read_text().split()
+    assert written[0] == "prediction" and set(written[1:]) <= {"no", "yes"}
+    fedloom.run("export", "export run --out model.pt")
+    import torch
+
+    linear = torch.nn.Linear(FEATURES, 2)
+    linear.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    with (tmp_path / "test.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    x = torch.tensor([[float(v) for v in row[:FEATURES]] for row in rows])
+    with torch.no_grad():
+        classes = linear(x).argmax(dim=1).tolist()
+    assert [["no", "yes"][c] for c in classes] == written[1:]
+
 
 def test_a_client_whose_data_does_not_fit_the_model_is_refused_at_join_and_both_say_why(
     fedloom: Fedloom, tmp_path: Path

@@ -1,10 +1,8 @@
-"""Clients: the trainer protocol, PyTorch and NumPy trainers, built-in models, the runtime and
-its mods."""
+"""Clients: the trainer protocol, PyTorch and NumPy trainers, the runtime and its mods."""
 
 from fedloom.client._app import ClientApp
 from fedloom.client._context import ClientContext, Handler, Mod, mod
 from fedloom.client._linear import LinearTrainer
-from fedloom.client._models import MODELS, cnn, make_trainer, mlp
 from fedloom.client._mods import (
     CLIENT_LINKS,
     DEFAULT_MODS,
@@ -22,7 +20,6 @@ __all__ = [
     "CLIENT_LINKS",
     "DEFAULT_MODS",
     "LOCAL_DP_STATE_KEY",
-    "MODELS",
     "SCAFFOLD_STATE_KEY",
     "ClientApp",
     "ClientContext",
@@ -34,10 +31,7 @@ __all__ = [
     "Trainer",
     "client_chain",
     "client_seed",
-    "cnn",
     "local_dp_mod",
-    "make_trainer",
-    "mlp",
     "mod",
     "proximal_mu",
     "scaffold_mod",

@@ -133,6 +133,13 @@ class LinearTrainer:
         accuracy = float((logp.argmax(axis=1) == data.y).mean())
         return EvalResult(loss, accuracy, n)
 
+    def predict(self, parameters: Vector, x: np.ndarray) -> npt.NDArray[np.int64]:
+        """The class each example of ``x`` is given (the largest logit), shape ``(n,)``."""
+        weight, bias = self._split(parameters)
+        logits = np.asarray(x, dtype=np.float64).reshape(len(x), -1) @ weight.T + bias
+        out: npt.NDArray[np.int64] = logits.argmax(axis=1).astype(np.int64)
+        return out
+
     def example_losses(self, parameters: Vector, data: ArrayData) -> F64:
         """Each example's cross-entropy under ``parameters`` (no L2 term), shape ``(n,)``; their
         mean is :meth:`evaluate`'s loss. What a membership inference attack scores."""

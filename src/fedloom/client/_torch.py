@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from fedloom.client._trainer import proximal_mu
 from fedloom.data import ArrayData
@@ -309,6 +310,21 @@ class TorchTrainer:
                 loss_sum += float(self._loss_fn(out, yb).item()) * len(yb)
                 correct += int((out.argmax(dim=1) == yb).sum().item())
         return EvalResult(loss_sum / n, correct / n, n)
+
+    def predict(self, parameters: Vector, x: np.ndarray) -> npt.NDArray[np.int64]:
+        """The class each example of ``x`` is given (the largest output), shape ``(n,)``."""
+        torch = self._torch
+        self.load(parameters)
+        inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self._input_shape is not None:
+            inputs = inputs.reshape(-1, *self._input_shape)
+        model = self._model
+        model.eval()
+        parts = [np.zeros(0, dtype=np.int64)]
+        with torch.no_grad():
+            for start in range(0, len(inputs), 4096):
+                parts.append(model(inputs[start : start + 4096]).argmax(dim=1).numpy())
+        return np.concatenate(parts).astype(np.int64)
 
     def example_losses(self, parameters: Vector, data: ArrayData) -> np.ndarray:
         """Each example's loss under ``parameters``, shape ``(n,)``; their mean is

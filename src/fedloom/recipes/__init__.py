@@ -4,7 +4,8 @@
 :func:`plan` resolves the settings into a :class:`RunPlan` (every default applied once: local
 SGD, sampling, the strategy with its update chain and round mechanism, the privacy ledger);
 :func:`simulate` runs a plan on one machine, :func:`serve` over gRPC, :func:`serve_client` joins
-a served run, and :func:`audit_run` attacks a finished simulation's model.
+a served run, :func:`audit_run` attacks a finished simulation's model, and :func:`predict` and
+:func:`export` use a finished run's model.
 """
 
 from fedloom.recipes._audit import RunAudit, audit_run
@@ -24,8 +25,10 @@ from fedloom.recipes._serve import (
     serve_client,
 )
 from fedloom.recipes._simulate import builtin_dataset, builtin_trainer, simulate
+from fedloom.recipes._use import Predictions, export, predict
 
 __all__ = [
+    "Predictions",
     "RunAudit",
     "RunPlan",
     "ServeSettings",
@@ -34,10 +37,12 @@ __all__ = [
     "builtin_trainer",
     "cohort_size",
     "default_delta",
+    "export",
     "load_trainer",
     "local_sgd",
     "model_description",
     "plan",
+    "predict",
     "sampler_for",
     "serve",
     "serve_client",

@@ -20,14 +20,16 @@ from typing import Any, cast
 
 import numpy as np
 
-from fedloom.client import ClientContext, Trainer, make_trainer
+from fedloom.client import ClientContext, Trainer
 from fedloom.config import SimulationConfig
 from fedloom.data import ArrayData, ClientData, label_names, load_client_data, load_dataset
 from fedloom.errors import ConfigError, DataError, RoundFailedError
 from fedloom.messages import EvalResult
+from fedloom.models import make_trainer
 from fedloom.params import ParamSpec, Vector
 from fedloom.recipes._plan import RunPlan, local_sgd, plan
 from fedloom.recipes._simulate import stopper
+from fedloom.recipes._use import write_model_file
 from fedloom.server import LoopState, Participation, RoundState, RunResult, RunStore, run_rounds
 from fedloom.strategy import RoundOutcome
 
@@ -176,6 +178,7 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                 log.warning("run %s now ends after round %d", run_id, cfg.rounds)
             else:
                 log.info("resuming run %s after round %d", run_id, state.round)
+            write_model_file(db.parent, model)
             log.warning("serving run %s on port %d", run_id, port)
             if net.test_data is None:
                 log.warning(

@@ -16,16 +16,17 @@ from fedloom.client import (
     Mod,
     TorchTrainer,
     Trainer,
-    make_trainer,
     secagg_mod,
 )
 from fedloom.config import SimulationConfig
 from fedloom.data import FederatedDataset, load_dataset
 from fedloom.errors import ConfigError
 from fedloom.messages import EvalResult
+from fedloom.models import make_trainer
 from fedloom.params import Vector
 from fedloom.privacy import LocalDP, RunPrivacy
 from fedloom.recipes._plan import RunPlan, local_sgd, plan
+from fedloom.recipes._use import write_model_file
 from fedloom.server import Fleet, RunResult, run_rounds
 from fedloom.simulation import Attack, InProcessFleet, SimulatedConditions, attack_mod
 from fedloom.strategy import Strategy, required_updates, requirement, round_half_up
@@ -234,6 +235,8 @@ def simulate(
 
     if cfg.out is not None:
         atomic_write(Path(cfg.out) / "config.toml", cfg.to_toml().encode())
+        described = {"input_shape": list(ds.input_shape), "num_classes": ds.num_classes}
+        write_model_file(cfg.out, {"model": cfg.model, **described})
     bar = None
     if progress is not False:
         bar = ProgressBar(cfg.rounds, file=None if progress is True else progress)

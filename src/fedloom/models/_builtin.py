@@ -6,8 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from fedloom.client._linear import LinearTrainer
-from fedloom.client._trainer import Trainer
+from fedloom.client import LinearTrainer, Trainer
 from fedloom.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -79,7 +78,7 @@ def make_trainer(
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
     try:
-        from fedloom.client._torch import TorchTrainer
+        from fedloom.client import TorchTrainer
     except ImportError:
         raise ConfigError(
             f"the {model} model needs PyTorch; install fedloom[torch] or use --model logreg"

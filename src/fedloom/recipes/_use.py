@@ -1,0 +1,159 @@
+"""A trained model, used: ``fedloom predict`` and ``fedloom export`` on a run's folder.
+
+A run's folder (``fedloom simulate --out`` or ``fedloom server --out``) holds ``model.npz`` (the
+parameters) and ``model.json`` (the built-in model's name, its input shape, its classes and,
+where the labels were names, those names), which is enough to rebuild the model without the
+run's data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedloom._io import atomic_write
+from fedloom.client import LinearTrainer, TorchTrainer
+from fedloom.data import ArrayData, load_client_data
+from fedloom.errors import ConfigError, DataError
+from fedloom.models import make_trainer
+from fedloom.server import load_checkpoint
+
+__all__ = ["MODEL_FILE", "Predictions", "export", "predict", "write_model_file"]
+
+MODEL_FILE = "model.json"
+"""The name of the model's description in a run's folder."""
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """The classes a run's model gives a file's examples.
+
+    ``classes`` are indices; ``names`` the label names they stand for, when the run had them;
+    ``accuracy`` is against the file's labels when it has a label column, else ``None``.
+    """
+
+    classes: npt.NDArray[np.int64]
+    names: tuple[str, ...] | None
+    accuracy: float | None
+
+
+def write_model_file(out: str | Path, description: Mapping[str, Any]) -> None:
+    """Write ``model.json`` (the model's name, input shape, classes, label names) in ``out``."""
+    keep = {k: description[k] for k in ("model", "input_shape", "num_classes", "labels", "trainer")
+            if k in description}  # fmt: skip
+    atomic_write(Path(out) / MODEL_FILE, (json.dumps(keep, indent=1) + "\n").encode())
+
+
+def _load(run_dir: str | Path) -> tuple[dict[str, Any], Any, np.ndarray]:
+    """The run's model description, a trainer of that model, and its final parameters."""
+    run = Path(run_dir)
+    if not (run / "model.npz").is_file():
+        raise DataError(f"{run} has no model.npz; give the --out folder of a finished run")
+    try:
+        description: dict[str, Any] = json.loads((run / MODEL_FILE).read_text())
+    except FileNotFoundError:
+        raise DataError(
+            f"{run} has no {MODEL_FILE} (runs before this version did not write one); load "
+            "model.npz with fedloom.load_checkpoint and the run's trainer"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{run / MODEL_FILE} is not a model description: {exc}") from None
+    name = description.get("model")
+    if name == "custom" or "trainer" in description:
+        raise ConfigError(
+            f"{run} trained your own model; load model.npz with fedloom.load_checkpoint and "
+            "your trainer"
+        )
+    try:
+        shape = tuple(int(v) for v in description["input_shape"])
+        trainer = make_trainer(
+            str(name), input_shape=shape, num_classes=int(description["num_classes"]),
+            lr=0.1, local_epochs=1, batch_size=1,
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise DataError(f"{run / MODEL_FILE} is malformed: {exc}") from None
+    checkpoint = load_checkpoint(run / "model.npz")
+    if checkpoint.spec != trainer.spec:
+        raise DataError(f"{run}/model.npz does not hold a {name} model of {shape} inputs")
+    return description, trainer, checkpoint.parameters
+
+
+def predict(
+    run_dir: str | Path, data: str, *, label: str = "label", out: str | Path | None = None
+) -> Predictions:
+    """The classes the run's final model gives ``data`` (a file of any format ``fedloom
+    client --data`` reads; a CSV needs no label column), written to ``out`` as a CSV of one
+    ``prediction`` column (label names, where the run had them) when given."""
+    description, trainer, parameters = _load(run_dir)
+    names = description.get("labels")
+    examples, truth = _examples(data, label, names)
+    width = math.prod(int(v) for v in description["input_shape"])
+    if math.prod(examples.shape[1:]) != width:
+        raise DataError(
+            f"{data}'s examples have {math.prod(examples.shape[1:])} features; the model takes "
+            f"{width}"
+        )
+    classes = trainer.predict(parameters, examples.reshape(len(examples), -1))
+    accuracy = float((classes == truth).mean()) if truth is not None and len(truth) else None
+    labels = tuple(names) if isinstance(names, list) else None
+    if out is not None:
+        shown = [labels[c] for c in classes] if labels is not None else classes.tolist()
+        rows = "".join(f"{v}\n" for v in shown)
+        atomic_write(Path(out), ("prediction\n" + rows).encode())
+    return Predictions(classes, labels, accuracy)
+
+
+def _examples(data: str, label: str, names: Any) -> tuple[np.ndarray, npt.NDArray[np.int64] | None]:
+    path = Path(data)
+    if path.suffix == ".csv" and path.is_file():
+        with path.open(newline="") as handle:
+            header = next(csv.reader(handle), [])
+        if label not in header:  # features alone
+            return _features_only(path, header), None
+    classes = names if isinstance(names, list) else None
+    table: ArrayData = load_client_data(data, label, classes=classes)
+    return table.x, table.y
+
+
+def _features_only(path: Path, header: list[str]) -> np.ndarray:
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    try:
+        return np.array([[float(v) for v in row] for row in rows], dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"{path}: a cell is not a number ({exc}); columns {header}") from None
+
+
+def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the run's final model as a PyTorch state dict (``RUN_DIR/model.pt`` by default).
+
+    It loads into ``fedloom.models.mlp(...)`` or ``cnn(...)`` with the run's input shape and
+    classes (``model.json`` says which), and a ``logreg`` model into
+    ``torch.nn.Linear(features, classes)``.
+    """
+    import torch
+
+    _, trainer, parameters = _load(run_dir)
+    target = Path(out) if out is not None else Path(run_dir) / "model.pt"
+    if isinstance(trainer, TorchTrainer):
+        trainer.load(parameters)
+        state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    elif isinstance(trainer, LinearTrainer):
+        arrays = trainer.spec.unpack(parameters)
+        state = {k: torch.from_numpy(np.array(arrays[k], copy=True)) for k in ("weight", "bias")}
+    else:  # make_trainer builds one of the two
+        raise ConfigError(f"cannot export a {type(trainer).__name__}")
+    temporary = target.with_name(target.name + ".tmp")
+    torch.save(state, temporary)
+    temporary.replace(target)
+    return target
