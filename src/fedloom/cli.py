@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import importlib.metadata
 import logging
+import os
 import signal
 import sys
 import time
@@ -422,7 +423,10 @@ def _certs(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.revoke:
         revoke(out, args.revoke)
-        print(f"revoked {args.revoke}; a running server refuses it from its next call")
+        print(
+            f"revoked {args.revoke}'s certificate; a running server refuses it from its next "
+            f"call (`fedloom certs --out {out} --clients {args.revoke}` issues it a new one)"
+        )
         return 0
     clients = [c for c in args.clients.split(",") if c]
     local = [] if args.no_local_hosts else ["127.0.0.1", "localhost"]
@@ -605,6 +609,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedloom`` command; returns the exit status."""
+    # gRPC's own log lines (a TLS handshake refused, say) are for debugging: GRPC_VERBOSITY=INFO
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="fedloom: %(message)s")
     # dp-accounting logs (through absl) each RDP order it cannot evaluate and leaves out; the

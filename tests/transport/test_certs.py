@@ -294,3 +294,27 @@ def test_fedloom_certs_always_names_this_machine_in_the_server_certificate(
 
     assert {"10.0.0.5", "127.0.0.1", "localhost"} <= names("a")
     assert "localhost" not in names("b") and "127.0.0.1" not in names("b")
+
+
+def test_a_revoked_client_reissued_joins_with_its_new_certificate_and_not_its_old_one(
+    tmp_path: Path,
+) -> None:
+    # Prepare: client "2" of a federation, revoked, then issued again
+    create_federation(tmp_path, server_hosts=["127.0.0.1"], clients=["2"])
+    old = (tmp_path / "clients" / "2.pem").read_bytes()
+    revoke(tmp_path, "2")
+
+    # Execute
+    create_federation(tmp_path, server_hosts=["127.0.0.1"], clients=["2"])
+    new = (tmp_path / "clients" / "2.pem").read_bytes()
+
+    # Assert: the old certificate is refused by its serial, the new one is not
+    from fedloom.transport._certs import revocations, serial_of
+
+    refused = revocations(tmp_path)
+    assert new != old
+    assert refused.refuses("2", serial_of(old))
+    assert not refused.refuses("2", serial_of(new))
+    assert revoked(tmp_path) == {"2"}
+    (tmp_path / "revoked.txt").write_text("2\n")  # an id alone: every certificate of it
+    assert revocations(tmp_path).refuses("2", serial_of(new))

@@ -654,3 +654,29 @@ def test_a_poisoned_update_is_recorded_as_rejected_and_not_asked_for_again(
 
     assert (rejected, dict(poisoned_run.calls)) == ([{"nan": True}] * 2, {"a": 2, "b": 2, "nan": 2})
     assert max(seconds) < poisoned_run.round_timeout
+
+
+@pytest.mark.slow  # real server and client processes
+def test_a_client_reissued_after_revocation_joins_and_its_old_certificate_stays_refused(
+    fedloom: Fedloom, certs: str, tmp_path: Path
+) -> None:
+    # Prepare: client 2's certificate is kept aside, revoked, and a new one issued
+    shutil.copytree(tmp_path / certs, tmp_path / "old")
+    fedloom.run("revoke", f"certs --out {certs} --revoke 2")
+    fedloom.run("reissue", f"certs --out {certs} --server-host 127.0.0.1 --clients 2")
+    server, port = _server(fedloom, "server", out="run", rounds=2, clients=3, min_clients=3)
+
+    # Execute: the old certificate tries first, then the three clients with theirs
+    stale = fedloom.start("stale", *_client(port, "2", 3, "--certs", "old", "--give-up", "2"))
+    stale_status = fedloom.wait(stale, 30)
+    clients = [
+        fedloom.start(f"client{c}", *_client(port, str(c), 3, "--certs", certs)) for c in range(3)
+    ]
+    status = fedloom.wait(server, 60)
+
+    # Assert
+    assert stale_status == 2 and "client 2 is revoked" in stale.err(), fedloom.logs()
+    assert status == 0, fedloom.logs()
+    for client in clients:
+        assert fedloom.wait(client, 30) == 0, fedloom.logs()
+    assert [r["clients"] for r in rounds(tmp_path / "run") or []] == [3, 3]

@@ -57,6 +57,12 @@ def test_well_formed_addresses_pass_and_a_listener_may_ask_for_any_port() -> Non
         (grpc.StatusCode.PERMISSION_DENIED, "client 2 is revoked", "refused this client"),
         (
             grpc.StatusCode.UNAVAILABLE,
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.5:8080: "
+            "Peer name 10.0.0.5 is not in peer certificate",
+            "does not name the host in --server",
+        ),
+        (
+            grpc.StatusCode.UNAVAILABLE,
             "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1808: "
             "Failed to connect to remote host: Connection refused",
             None,

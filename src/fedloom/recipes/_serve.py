@@ -315,12 +315,12 @@ def load_trainer(entry_point: str) -> Trainer:
 
 
 def _revocation(certs: str | None) -> Any:
-    if certs is None:
-        return frozenset
-    folder = Path(certs)
-    from fedloom.transport import revoked
+    from fedloom.transport import Revocations, revocations
 
-    return lambda: revoked(folder)
+    if certs is None:
+        return Revocations
+    folder = Path(certs)
+    return lambda: revocations(folder)
 
 
 def _participation(outcome: RoundOutcome, selected: Any) -> list[Participation]:

@@ -8,8 +8,10 @@ and run any ``ClientApp`` and trainer with :func:`run_client`.
 from fedloom.transport._address import DEFAULT_PORT, check_address
 from fedloom.transport._certs import (
     Credentials,
+    Revocations,
     create_federation,
     credentials,
+    revocations,
     revoke,
     revoked,
 )
@@ -22,10 +24,12 @@ __all__ = [
     "ClientOptions",
     "Credentials",
     "GrpcFleet",
+    "Revocations",
     "ServerOptions",
     "check_address",
     "create_federation",
     "credentials",
+    "revocations",
     "revoke",
     "revoked",
     "run_client",

@@ -5,7 +5,9 @@ A federation folder (made by ``fedloom certs``) holds::
     ca.pem, ca.key              the federation's CA (keep ca.key off the server if you can)
     server.pem, server.key      the server: CN ``fedloom-server``; SAN its hosts and that name
     clients/<id>.pem, <id>.key  one per client: the CN (and a SAN DNS name) is the client id
-    revoked.txt                 ids the server refuses, one a line (``#`` starts a comment)
+    revoked.txt                 what the server refuses, one a line (``#`` starts a comment):
+                                ``ID SERIAL`` one certificate of client ID (its serial in
+                                hex), ``ID`` alone every certificate of ID
 
 Keys are EC P-256, unencrypted PKCS#8 PEM, mode 0o600; certificates are signed ECDSA-SHA256.
 Nothing here is hand-written cryptography: this module fixes parameters and the file layout.
@@ -33,12 +35,15 @@ from fedloom.errors import ConfigError, DataError
 __all__ = [
     "SERVER_NAME",
     "Credentials",
+    "Revocations",
     "client_id_of",
     "create_federation",
     "credentials",
     "issue_client",
+    "revocations",
     "revoke",
     "revoked",
+    "serial_of",
 ]
 
 SERVER_NAME = "fedloom-server"  # the server's CN, also in its SAN: for ssl_target_name_override
@@ -129,9 +134,12 @@ def create_federation(
     if fresh or not made["server"].cert.exists():
         server = _issue(SERVER_NAME, ca, days, sans, ExtendedKeyUsageOID.SERVER_AUTH)
         _save(server, made["server"])
+    refused = revocations(out)
     for client_id in clients:
         made[client_id] = _client(out, client_id)
-        if fresh or not made[client_id].cert.exists():
+        cert = made[client_id].cert
+        if fresh or not cert.exists() or refused.refuses(client_id, serial_of(cert.read_bytes())):
+            # new, or its certificate was revoked: a new certificate (and key), a new serial
             _save(_client_cert(ca, client_id, days), made[client_id])
     return made
 
@@ -166,26 +174,74 @@ def client_id_of(cert_pem: bytes) -> str:
 
 
 def revoke(out: Path, client_id: str) -> None:
-    """Append ``client_id`` to ``out/revoked.txt`` (created if missing; idempotent)."""
+    """Refuse ``client_id``'s certificate from now on: append ``ID SERIAL`` to
+    ``out/revoked.txt`` (created if missing; idempotent), or ``ID`` alone (every certificate of
+    the client) when ``out`` holds no certificate of it. A later ``create_federation`` with the
+    client re-issues it a new certificate, which is accepted; the old one stays refused."""
     _check([client_id], 1)
     path = Path(out) / _REVOKED
-    if client_id not in revoked(path):
+    cert = _client(Path(out), client_id).cert
+    entry = client_id
+    if cert.exists():
+        entry = f"{client_id} {serial_of(cert.read_bytes()):x}"
+    if entry not in _lines(path) and client_id not in _lines(path):
         old = path.read_bytes() if path.exists() else b""
         sep = b"\n" if old and not old.endswith(b"\n") else b""
-        _write(path, old + sep + client_id.encode() + b"\n", 0o644)
+        _write(path, old + sep + entry.encode() + b"\n", 0o644)
+
+
+@dataclass(frozen=True)
+class Revocations:
+    """What ``revoked.txt`` refuses: every certificate of ``ids``, and the ``serials`` (client
+    id, serial number) of single certificates."""
+
+    ids: frozenset[str] = frozenset()
+    serials: frozenset[tuple[str, int]] = frozenset()
+
+    def refuses(self, client_id: str, serial: int | None) -> bool:
+        """Is this client's certificate (of ``serial``, when known) revoked?"""
+        return client_id in self.ids or (client_id, serial) in self.serials
+
+
+def revocations(out_or_file: Path) -> Revocations:
+    """What ``revoked.txt`` refuses, given its folder or the file (nothing if absent)."""
+    ids, serials = set(), set()
+    for line in _lines(out_or_file):
+        client_id, _, serial = line.partition(" ")
+        try:
+            if serial.strip():
+                serials.add((client_id, int(serial.strip(), 16)))
+            else:
+                ids.add(client_id)
+        except ValueError:
+            raise DataError(f"revoked.txt: {line!r} is not 'ID' or 'ID SERIAL' (hex)") from None
+    return Revocations(frozenset(ids), frozenset(serials))
+
+
+def serial_of(cert_pem: bytes) -> int:
+    """The serial number of a PEM certificate."""
+    try:
+        return int(x509.load_pem_x509_certificate(cert_pem).serial_number)
+    except ValueError as e:
+        raise DataError(f"not a PEM certificate: {e}") from e
 
 
 def revoked(out_or_file: Path) -> frozenset[str]:
-    """Return the ids in ``revoked.txt``, given its folder or the file (empty if absent)."""
+    """The ids with a revoked certificate in ``revoked.txt``, given its folder or the file
+    (empty if absent)."""
+    return frozenset(line.partition(" ")[0] for line in _lines(out_or_file))
+
+
+def _lines(out_or_file: Path) -> list[str]:
     path = Path(out_or_file)
     path = path / _REVOKED if path.is_dir() else path
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        return frozenset()
+        return []
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read the revocation list {path}: {e}") from e
-    return frozenset(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
+    return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
 
 
 def _check(client_ids: Sequence[str], days: int) -> None:

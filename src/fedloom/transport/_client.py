@@ -38,6 +38,11 @@ _PERMANENT = (
     ("DNS resolution failed", "the server's host name does not resolve; check --server"),
     ("Domain name not found", "the server's host name does not resolve; check --server"),
     (
+        "is not in peer certificate",
+        "the server's certificate does not name the host in --server; issue it for that name "
+        "with `fedloom certs --server-host HOST`, or dial a name it has",
+    ),
+    (
         "CERTIFICATE_VERIFY_FAILED",
         "the server's certificate is not from this client's CA (ca.pem), or does not name the "
         "host in --server; check --certs and --server",

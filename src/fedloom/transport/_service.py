@@ -9,6 +9,7 @@ client, or a call with no identity, is refused with ``PERMISSION_DENIED`` or
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -20,7 +21,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from fedloom.errors import ConfigError, WireError
+from fedloom.errors import ConfigError, DataError, WireError
+from fedloom.transport._certs import Revocations, serial_of
 from fedloom.transport._fleet import GrpcFleet
 from fedloom.transport._proto import fedloom_pb2 as pb
 from fedloom.transport._wire import decode, encode_instruction, encode_signal
@@ -40,14 +42,15 @@ class ServerOptions:
     """How the server listens and what it accepts.
 
     ``tls`` is ``(server_cert_pem, server_key_pem, ca_pem)``, or ``None`` for an insecure
-    server; ``revoked`` returns the ids refused now (re-read on every call, so revoking takes
-    effect without a restart); ``max_message_bytes`` bounds one decoded message.
+    server; ``revoked`` returns what is refused now, by client id or by certificate (re-read on
+    every call, so revoking takes effect without a restart); ``max_message_bytes`` bounds one
+    decoded message.
     """
 
     address: str
     tls: tuple[bytes, bytes, bytes] | None
     model: dict[str, Any]
-    revoked: Callable[[], frozenset[str]] = frozenset
+    revoked: Callable[[], Revocations] = Revocations
     max_message_bytes: int = 1 << 31
     heartbeat_seconds: float = 3.0
     max_workers: int = 64
@@ -59,16 +62,20 @@ class _Handlers:
         self.options = options
 
     def identity(self, context: grpc.ServicerContext) -> str:
+        serial = None
         if self.options.tls is not None:
-            names = context.auth_context().get("x509_common_name") or []
+            auth = context.auth_context()
+            names = auth.get("x509_common_name") or []
             client_id = names[0].decode() if names else ""
+            pems = auth.get("x509_pem_cert") or []
+            serial = _serial(pems[0]) if pems else None
         else:
             client_id = dict(context.invocation_metadata()).get(CLIENT_ID_METADATA, "")
             client_id = client_id if isinstance(client_id, str) else ""
         if not client_id:
             log.warning("refused a call with no client identity from %s", context.peer())
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client identity")
-        if client_id in self.options.revoked():
+        if self.options.revoked().refuses(client_id, serial):
             log.warning("refused revoked client %s (%s)", client_id, context.peer())
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"client {client_id} is revoked")
         return client_id
@@ -150,6 +157,15 @@ def _parsed(raw: Iterator[bytes]) -> Iterator[pb.Chunk]:
             yield pb.Chunk.FromString(data)
         except DecodeError as exc:
             raise WireError(f"bytes that are not a chunk: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _serial(cert_pem: bytes) -> int | None:
+    """The serial of a client's certificate (each connection presents the same few)."""
+    try:
+        return serial_of(cert_pem)
+    except DataError:
+        return None
 
 
 def start_server(fleet: GrpcFleet, options: ServerOptions) -> tuple[grpc.Server, int]:
