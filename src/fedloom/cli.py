@@ -519,7 +519,12 @@ def _audit(args: argparse.Namespace) -> int:
         if report.ceiling_epsilon != report.epsilon:
             relation = f" at replace-one epsilon {report.ceiling_epsilon:.3g}"
         dp = [
-            f"  epsilon          {report.epsilon:.3g} at delta {report.delta:.3g} (user level)",
+            f"  epsilon          {report.epsilon:.3g} at delta {report.delta:.3g} "
+            + (
+                "(record level: the largest of the members' clients)"
+                if report.level == "record"
+                else "(user level)"
+            ),
             f"  DP ceiling       {report.ceiling:.3f}  (the most advantage any attack can "
             f"have{relation})",
         ]

@@ -4,6 +4,7 @@ against hand computations and dp-accounting called directly."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import dp_accounting
 import numpy as np
@@ -257,3 +258,28 @@ def test_the_trainer_refuses_bad_settings_and_models_without_per_example_gradien
     params = batch_norm.init_parameters(0)
     with pytest.raises(ConfigError, match="per-example gradients"):
         batch_norm.fit(params, ctx.data.train, _dp(), seed=0)
+
+
+def test_the_audit_of_a_local_dp_run_bounds_it_by_the_largest_clients_epsilon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: every client every round, 2 rounds of 1 epoch with Poisson batches of 32
+    from fedloom.recipes import audit_run
+
+    settings = {"dataset": "digits", "clients": 4, "seed": 0}
+    sizes = load_dataset("digits", num_clients=4, seed=0).client_sizes()
+    fedloom.simulate(
+        **settings, model="mlp", rounds=2, local_epochs=1, batch_size=32, lr=0.1,
+        local_dp_noise=1.0, out=str(tmp_path),
+    )  # fmt: skip
+
+    # Execute
+    report = audit_run(tmp_path)
+
+    # Assert: record level, at the largest of the four clients' epsilons after 2 * ceil(n/32)
+    each = [_direct_epsilon(1.0, 32 / n, 2 * math.ceil(n / 32), 1e-5) for n in sizes]
+    assert report.level == "record"
+    assert report.epsilon == pytest.approx(max(each)) and report.delta == 1e-5
+    assert report.ceiling_epsilon == report.epsilon
+    assert main(["audit", str(tmp_path)]) == 0
+    assert "(record level: the largest of the members' clients)" in capsys.readouterr().out

@@ -21,8 +21,10 @@ from fedloom.params import Vector
 from fedloom.privacy import (
     DistributedLedger,
     DistributedPrivacy,
+    LocalDP,
     Mechanism,
     MembershipResult,
+    StepCount,
     advantage_ceiling,
     balanced_indices,
     epsilon,
@@ -68,6 +70,9 @@ class RunAudit:
     ceiling
         :func:`advantage_ceiling` at ``ceiling_epsilon`` and ``delta``: no attack's expected
         advantage can pass it. ``None`` without DP (no bound).
+    level
+        ``"user"`` (central or distributed DP: one client's whole data), ``"record"`` (local
+        DP: one example; the epsilon is the largest among the members' clients), or ``None``.
     """
 
     attack: MembershipResult
@@ -81,6 +86,7 @@ class RunAudit:
     delta: float | None
     ceiling_epsilon: float | None
     ceiling: float | None
+    level: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The audit as a JSON-ready dict."""
@@ -180,7 +186,8 @@ def audit_run(
             "returning each example's loss as a 1-D array to audit its model"
         )
     malicious = {str(c) for c in history.info.get("malicious_clients", [])}
-    clients = _participants(cfg, ds.num_clients, len(history), malicious)
+    fits = _fits(cfg, ds.num_clients, len(history))
+    clients = sorted(int(c) for c in set(fits) - malicious)
     if not clients:
         raise ConfigError("no honest client trained in this run: there are no members to attack")
     members = _concat([ds.client(i).train for i in clients])
@@ -199,7 +206,13 @@ def audit_run(
     member_losses = tr.example_losses(checkpoint.parameters, members.subset(keep_m))
     other_losses = tr.example_losses(checkpoint.parameters, others.subset(keep_o))
     attack = membership_attack(member_losses, other_losses, seed=seed)
-    eps, delta, ceiling_eps = _privacy(cfg, history, ds.num_clients, tr.spec.size)
+    eps: float | None
+    delta: float | None
+    ceiling_eps: float | None
+    if cfg.local_dp_noise is not None:
+        eps, delta, ceiling_eps = _local_privacy(cfg, ds, fits, clients)
+    else:
+        eps, delta, ceiling_eps = _privacy(cfg, history, ds.num_clients, tr.spec.size)
     return RunAudit(
         attack=attack,
         clients=tuple(clients),
@@ -212,6 +225,7 @@ def audit_run(
         delta=delta,
         ceiling_epsilon=ceiling_eps,
         ceiling=None if ceiling_eps is None else advantage_ceiling(ceiling_eps, delta or 0.0),
+        level="record" if cfg.local_dp_noise is not None else "user" if cfg.dp else None,
     )
 
 
@@ -260,10 +274,9 @@ def _trainer(cfg: SimulationConfig, ds: FederatedDataset) -> Trainer:
     return builtin_trainer(cfg, ds)
 
 
-def _participants(
-    cfg: SimulationConfig, population: int, rounds: int, malicious: set[str]
-) -> list[int]:
-    """The clients that trained in at least one of ``rounds`` rounds, as ``simulate`` drew them."""
+def _fits(cfg: SimulationConfig, population: int, rounds: int) -> dict[str, list[int]]:
+    """Each client that trained in one of ``rounds`` rounds, as ``simulate`` drew them, with
+    the local epochs of each of its fits."""
     ids = [str(i) for i in range(population)]
     sampler = sampler_for(cfg, population)
     recorder = ScriptedFleet(ids, lambda client, ins: None)  # trains nothing, records who
@@ -276,8 +289,31 @@ def _participants(
         fit = Instruction(round, "fit", config=fit_config)
         for _ in conditions.exchange(dict.fromkeys(sampler.select(ids, round), fit), None):
             pass
-    instructed = {client for client, _ in recorder.instructions}
-    return sorted(int(c) for c in instructed - malicious)
+    fits: dict[str, list[int]] = {}
+    for client, ins in recorder.instructions:
+        fits.setdefault(client, []).append(int(ins.config["local_epochs"]))
+    return fits
+
+
+def _local_privacy(
+    cfg: SimulationConfig, ds: FederatedDataset, fits: dict[str, list[int]], members: list[int]
+) -> tuple[float, float, float]:
+    """Local DP's (epsilon, delta, ceiling epsilon): the largest record-level epsilon among the
+    members' clients, from the DP-SGD steps each one took (its fits' epochs times its Poisson
+    batches per epoch). Adding or removing one example is the relation DP-SGD's accounting
+    covers, so that epsilon bounds the example-level attack directly."""
+    settings = LocalDP.from_config(cfg.client_config())
+    if settings is None:  # local_dp_noise is set, so the config asks for it
+        raise DataError("the settings ask for local DP but name no noise")
+    batch_size = local_sgd(cfg).batch_size
+    worst = 0.0
+    for member in members:
+        n = len(ds.client(member).train)
+        expected = min(batch_size, n)
+        steps = sum(epochs * math.ceil(n / expected) for epochs in fits[str(member)])
+        spent = StepCount(settings.noise_multiplier, n, expected, steps).epsilon(settings.delta)
+        worst = max(worst, spent)
+    return worst, settings.delta, worst
 
 
 def _concat(parts: Sequence[ArrayData]) -> ArrayData:

@@ -43,6 +43,11 @@ def summary(history: History, wall_seconds: float) -> str:
         lines.append(f"best accuracy {best.accuracy:.4f} (round {best.round})")
     elif history.rounds and history.rounds[-1].train_loss is not None:
         lines.append(f"final train loss {history.rounds[-1].train_loss:.4f}")
-    if history.rounds and "epsilon" in history.rounds[-1].metrics:
-        lines.append(f"epsilon spent {history.rounds[-1].metrics['epsilon']:.3g}")
+    last = history.rounds[-1].metrics if history.rounds else {}
+    if "epsilon" in last:
+        lines.append(f"epsilon spent {last['epsilon']:.3g}")
+    if "local_epsilon" in last:
+        lines.append(
+            f"local (record-level) epsilon {last['local_epsilon']:.3g}, mean of the clients"
+        )
     return ", ".join(lines)
