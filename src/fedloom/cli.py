@@ -299,6 +299,12 @@ def _deploy_parsers(sub: Any) -> None:
         help="the server's own test set, in any format `fedloom client --data` reads; it also "
         "describes the model's input (default: the --dataset's test split)",
     )
+    net.add_argument(
+        "--features",
+        type=int,
+        help="or, for a server with no data: the clients' feature count (with --classes); the "
+        "run is then evaluated on the clients' held-out examples",
+    )
     net.add_argument("--label", default="label", help="--test-data's CSV label column")
     net.add_argument("--classes", type=int, help="with --test-data: the number of classes")
     net.add_argument(
@@ -356,6 +362,12 @@ def _deploy_parsers(sub: Any) -> None:
         choices=("mean", "zero"),
         help="fill the CSV's empty cells with the column mean or 0 (default: refuse them)",
     )
+    client.add_argument(
+        "--local-test-fraction",
+        type=float,
+        default=0.0,
+        help="hold out this share of --data for the run's federated evaluation (default 0)",
+    )
     client.add_argument("--dataset", help="or: a built-in dataset, one partition of it (demos)")
     client.add_argument("--partition", help="with --dataset: how it is split")
     client.add_argument("--clients", type=int, help="with --dataset: into how many clients")
@@ -376,7 +388,7 @@ def _deploy_parsers(sub: Any) -> None:
 _NOT_SETTINGS = {
     "command", "config", "quiet", "address", "certs", "insecure", "round_timeout",
     "wait_for_clients", "resume", "trainer", "heartbeat_timeout", "test_data", "label", "classes",
-    "overwrite", "fill_missing",
+    "overwrite", "fill_missing", "features",
 }  # fmt: skip
 
 
@@ -450,6 +462,7 @@ def _server(args: argparse.Namespace) -> int:
         resume=args.resume,
         trainer=args.trainer,
         test_data=args.test_data,
+        features=args.features,
         label=args.label,
         classes=args.classes,
         fill_missing=args.fill_missing,
@@ -463,7 +476,7 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> int:
-    from fedloom.data import ClientData, label_names, load_client_data, load_dataset
+    from fedloom.data import label_names, load_client_data, load_dataset
     from fedloom.recipes import serve_client
 
     if (args.data is None) == (args.dataset is None):
@@ -474,7 +487,7 @@ def _client(args: argparse.Namespace) -> int:
         train = load_client_data(
             args.data, args.label, args.user, classes=names, fill_missing=args.fill_missing
         )
-        data = ClientData(train, train.subset(np.arange(0)))
+        data = _held_out(train, args.local_test_fraction, args.client_id)
     else:
         index = args.partition_index
         if index is None:
@@ -589,6 +602,19 @@ def _export(args: argparse.Namespace) -> int:
 
     print(f"state dict written to {export(args.run_dir, args.out)}")
     return 0
+
+
+def _held_out(train: Any, fraction: float, client_id: str) -> Any:
+    """A client's own examples split into training and a held-out share, seeded by its id."""
+    import zlib
+
+    from fedloom.data import ClientData
+
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"--local-test-fraction must be in [0, 1), got {fraction}")
+    order = np.random.default_rng(zlib.crc32(client_id.encode())).permutation(len(train))
+    held = round(fraction * len(train))
+    return ClientData(train.subset(np.sort(order[held:])), train.subset(np.sort(order[:held])))
 
 
 def _closing(result: Any, seconds: float) -> None:

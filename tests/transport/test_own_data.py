@@ -126,3 +126,32 @@ def test_a_client_whose_data_does_not_fit_the_model_is_refused_at_join_and_both_
         lambda: True if f"refused client 0: {reason}" in server.err() else None,
         10,
     )
+
+
+def test_a_server_with_no_data_of_its_own_is_evaluated_on_the_clients_held_out_rows(
+    fedloom: Fedloom, tmp_path: Path
+) -> None:
+    # Prepare: the model described by its shape alone; each site holds out a quarter
+    for site in range(3):
+        _write_csv(tmp_path / f"site{site}.csv", 160, seed=site)
+    server, port = _server(
+        fedloom, "--rounds", "3", "--lr", "0.5", "--features", "4", "--classes", "2"
+    )
+
+    # Execute
+    sites = [
+        fedloom.start(
+            f"site{s}", *_client(port, str(s), f"site{s}.csv"), "--local-test-fraction", "0.25"
+        )
+        for s in range(3)
+    ]
+    status = fedloom.wait(server, 90)
+
+    # Assert: no central evaluation, federated evaluation on 3 x 40 held-out rows, and said so
+    assert status == 0, fedloom.logs()
+    for site in sites:
+        assert fedloom.wait(site, 30) == 0, fedloom.logs()
+    history = rounds(tmp_path / "run") or []
+    assert [r["accuracy"] for r in history] == [None, None, None]
+    assert history[-1]["fed_accuracy"] > 0.85, fedloom.logs()
+    assert "evaluated on the clients' held-out examples alone" in server.err()

@@ -8,6 +8,7 @@ round. A client builds the model the server describes and trains on its own data
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
@@ -45,8 +46,10 @@ class ServeSettings:
     ``test_data`` (a file in any format ``fedloom client --data`` reads, ``label`` naming a
     CSV's label column, ``fill_missing`` as for :func:`~fedloom.data.load_client_data`) is the
     server's own test set, and describes the model's input and ``classes`` (default: the
-    largest label + 1, or the CSV's label names, which the clients then map theirs onto);
-    without it the settings' dataset does.
+    largest label + 1, or the CSV's label names, which the clients then map theirs onto).
+    ``features`` and ``classes`` describe the model for a server with no data at all: the run
+    is then evaluated on the clients' held-out examples only (``fedloom client
+    --local-test-fraction``). Without either, the settings' dataset describes it.
     ``rounds``, with ``resume``, changes the run's length (never below the rounds done).
     """
 
@@ -59,6 +62,7 @@ class ServeSettings:
     resume: bool = False
     trainer: str | None = None
     test_data: str | None = None
+    features: int | None = None
     label: str = "label"
     classes: int | None = None
     fill_missing: str | None = None
@@ -142,7 +146,9 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                     )
         test, input_shape, classes = _test_set(cfg, net)
         model = model_description(cfg, input_shape, classes)
-        model["built_from"] = net.test_data or cfg.dataset
+        model["built_from"] = net.test_data or (
+            f"--features {net.features}" if net.features else cfg.dataset
+        )
         names = label_names(net.test_data, net.label) if net.test_data else None
         if names is not None:
             model["labels"] = names  # a client maps its label names onto these classes
@@ -180,7 +186,12 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                 log.info("resuming run %s after round %d", run_id, state.round)
             write_model_file(db.parent, model)
             log.warning("serving run %s on port %d", run_id, port)
-            if net.test_data is None:
+            if test is None:
+                log.warning(
+                    "no test set on the server: the run is evaluated on the clients' held-out "
+                    "examples alone (federated evaluation; fedloom client --local-test-fraction)"
+                )
+            elif net.test_data is None:
                 log.warning(
                     "evaluating on %s's test split; give --test-data FILE to evaluate on data "
                     "of your own",
@@ -209,9 +220,21 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
             store.close()
 
 
-def _test_set(cfg: SimulationConfig, net: ServeSettings) -> tuple[ArrayData, tuple[int, ...], int]:
+def _test_set(
+    cfg: SimulationConfig, net: ServeSettings
+) -> tuple[ArrayData | None, tuple[int, ...], int]:
     """The server's test set and the model's input shape and classes: from ``--test-data``,
-    else from the settings' dataset (its central test split)."""
+    from ``--features`` and ``--classes`` (no test set of its own), else from the settings'
+    dataset (its central test split)."""
+    if net.features is not None:
+        if net.test_data is not None:
+            raise ConfigError("give --test-data FILE or --features N, not both")
+        if net.features < 1 or net.classes is None or net.classes < 2:
+            raise ConfigError(
+                f"--features {net.features} needs at least 1 feature and --classes K, K >= 2, "
+                f"got --classes {net.classes}"
+            )
+        return None, (net.features,), net.classes
     if net.test_data is None:
         ds = load_dataset(
             cfg.dataset,
@@ -236,6 +259,10 @@ def _test_set(cfg: SimulationConfig, net: ServeSettings) -> tuple[ArrayData, tup
     return test, tuple(test.x.shape[1:]), classes
 
 
+def _evaluate_on(trainer: Trainer, data: ArrayData, parameters: Vector) -> EvalResult:
+    return trainer.evaluate(parameters, data)
+
+
 def _refuse_unservable(cfg: SimulationConfig) -> None:
     if cfg.local_dp_noise is not None:
         raise ConfigError(
@@ -256,7 +283,7 @@ def _rounds(
     fleet: Any,
     net: ServeSettings,
     trainer: Trainer,
-    test: ArrayData,
+    test: ArrayData | None,
 ) -> RunResult:
     """The served run's rounds, each committed to ``store``."""
     cfg, privacy = run.config, run.privacy
@@ -277,8 +304,8 @@ def _rounds(
             loop.history.info,
         )
 
-    def evaluate(parameters: Vector) -> EvalResult:
-        return trainer.evaluate(parameters, test)
+    central = test if test is not None and len(test) else None
+    evaluate = None if central is None else functools.partial(_evaluate_on, trainer, central)
 
     return run_rounds(
         fleet,
@@ -286,7 +313,8 @@ def _rounds(
         state.parameters,
         rounds=cfg.rounds,
         client_config=cfg.client_config(),
-        evaluate=evaluate if len(test) else None,
+        evaluate=evaluate,
+        federated_evaluation=test is None,
         min_clients=cfg.min_clients,
         round_timeout=net.round_timeout,
         out_dir=cfg.out,
