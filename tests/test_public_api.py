@@ -23,12 +23,13 @@ def test_importing_fedloom_does_not_import_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_importing_fedloom_does_not_import_the_deployment_libraries() -> None:
-    # gRPC, protobuf and X.509 are for fedloom server and client; a simulation never loads them
+def test_importing_fedloom_does_not_import_the_deployment_or_accounting_libraries() -> None:
+    # gRPC, protobuf and X.509 are for fedloom server and client, dp-accounting (and the SciPy
+    # it loads, about a second) for runs with DP; a plain simulation never loads them
     import subprocess
     import sys
 
-    heavy = ("grpc", "google.protobuf", "cryptography.x509")
+    heavy = ("grpc", "google.protobuf", "cryptography.x509", "dp_accounting", "scipy")
     code = f"import sys, fedloom; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

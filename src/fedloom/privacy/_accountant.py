@@ -30,11 +30,16 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dp_accounting
 import numpy as np
-from dp_accounting import pld, rdp
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    import dp_accounting
+
+# dp-accounting (and the SciPy it loads, about a second) is imported where an epsilon is
+# computed, so that `import fedloom` stays quick for runs without DP
 
 from fedloom.errors import ConfigError
 
@@ -52,10 +57,10 @@ __all__ = [
 SAMPLINGS = ("poisson", "fixed-size-without-replacement", "all")
 ACCOUNTANTS = ("rdp", "pld")
 
-_RELATION = {
-    "poisson": dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
-    "fixed-size-without-replacement": dp_accounting.NeighboringRelation.REPLACE_ONE,
-    "all": dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+_RELATION = {  # dp_accounting.NeighboringRelation members
+    "poisson": "ADD_OR_REMOVE_ONE",
+    "fixed-size-without-replacement": "REPLACE_ONE",
+    "all": "ADD_OR_REMOVE_ONE",
 }
 _PLD_INTERVAL = 1e-3  # PLD discretisation; rounding is pessimistic, so epsilon stays an upper bound
 _Z_MIN, _Z_MAX = 0.01, 1000.0
@@ -110,6 +115,8 @@ class Mechanism:
         GaussianDpEvent(z/2))``, z/2 because the replace-one sensitivity of the clipped sum is 2C;
         ``"all"`` is ``GaussianDpEvent(z)``.
         """
+        import dp_accounting
+
         z = self.noise_multiplier
         one: dp_accounting.DpEvent
         if self.sampling == "poisson":
@@ -135,7 +142,10 @@ def _accountant(sampling: str, accountant: str) -> dp_accounting.PrivacyAccounta
             "--accountant pld cannot account for fixed-size sampling: dp-accounting's PLD "
             "accountant has no analysis of sampling without replacement; use --accountant rdp"
         )
-    relation = _RELATION[sampling]
+    import dp_accounting
+    from dp_accounting import pld, rdp
+
+    relation = getattr(dp_accounting.NeighboringRelation, _RELATION[sampling])
     if accountant == "rdp":
         return rdp.RdpAccountant(neighboring_relation=relation)
     return pld.PLDAccountant(relation, value_discretization_interval=_PLD_INTERVAL)
@@ -220,6 +230,8 @@ def noise_for_epsilon(
         if lo <= _Z_MIN:
             return _Z_MIN
         lo, hi = max(lo / 2, _Z_MIN), lo
+    import dp_accounting
+
     z = dp_accounting.calibrate_dp_mechanism(
         lambda: _accountant(sampling, accountant),
         lambda z: Mechanism(z, sampling, population, cohort).event(rounds),
@@ -288,6 +300,8 @@ class PrivacyLedger:
     """
 
     def __init__(self, mechanism: Mechanism, delta: float, accountant: str = "rdp") -> None:
+        from dp_accounting import rdp
+
         one_round = _accountant(mechanism.sampling, accountant)
         _check_delta_range(delta)
         self.mechanism = mechanism
@@ -307,6 +321,8 @@ class PrivacyLedger:
             if self._rdp_curve is None:
                 eps = epsilon(self.mechanism, rounds, self.delta, self.accountant)
             else:
+                from dp_accounting import rdp
+
                 orders, per_round = self._rdp_curve
                 eps = rdp.compute_epsilon(orders, rounds * per_round, self.delta)[0]
             self._spent[rounds] = float(eps)

@@ -40,10 +40,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import dp_accounting
 import numpy as np
 import numpy.typing as npt
-from dp_accounting import rdp
 
 from fedloom.errors import ConfigError
 
@@ -281,6 +279,9 @@ def ddg_epsilon(rho_per_round: Sequence[float], delta: float, accountant: str = 
             raise ConfigError(f"rho of round {i + 1} must be finite and >= 0, got {r}")
     if not rhos:
         return 0.0
+    import dp_accounting  # here, not at import: it loads SciPy (about a second)
+    from dp_accounting import rdp
+
     events = [dp_accounting.ZCDpEvent(r) for r in rhos]
     acc = rdp.RdpAccountant()
     return float(acc.compose(dp_accounting.ComposedDpEvent(events)).get_epsilon(delta))
