@@ -7,6 +7,7 @@ The tree::
     ├── DataError                a dataset, file or path is missing or malformed
     ├── ClientError              a client failed handling an instruction (client id, round, phase)
     ├── RoundFailedError         too few clients answered to complete a round (round, phase)
+    ├── DivergedError            a round's new global model is not finite (round)
     ├── TamperedError            an authenticated message failed to verify (secure aggregation)
     └── WireError                a message on the wire is malformed, truncated or too large
 
@@ -23,6 +24,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "DataError",
+    "DivergedError",
     "FedloomError",
     "RoundFailedError",
     "TamperedError",
@@ -76,6 +78,18 @@ class RoundFailedError(FedloomError):
         self.phase = phase
         self.answered = answered
         self.needed = needed
+
+
+class DivergedError(FedloomError):
+    """A round's new global model has NaN or infinite values; it is never saved."""
+
+    def __init__(self, round: int) -> None:
+        super().__init__(
+            f"round {round}: the new global model is not finite (an update too large for the "
+            "weights, or a learning rate too high); it was not saved, and the last model on "
+            "disk is the one before it"
+        )
+        self.round = round
 
 
 class TamperedError(FedloomError):

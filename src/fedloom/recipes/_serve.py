@@ -137,6 +137,13 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                         f"has done; give at least {state.round}"
                     )
                 cfg = cfg.replace(rounds=net.rounds)
+            if state.round >= cfg.rounds:
+                log.warning(
+                    "run %s is complete (%d of %d rounds): nothing to resume; give --rounds N "
+                    "to train it further",
+                    store.run_id, state.round, cfg.rounds,
+                )  # fmt: skip
+                return RunResult(state.parameters, state.history)
         elif db.exists():
             with RunStore(db) as existing:
                 if existing.run_id is not None:
@@ -343,12 +350,23 @@ def load_trainer(entry_point: str) -> Trainer:
 
 
 def _revocation(certs: str | None) -> Any:
+    """What the server refuses, re-read on every call; a revocation file that cannot be read
+    (half-written, not UTF-8) keeps the last good list, with an error in the log."""
     from fedloom.transport import Revocations, revocations
 
     if certs is None:
         return Revocations
     folder = Path(certs)
-    return lambda: revocations(folder)
+    last = [revocations(folder)]  # a corrupt file at start-up is a DataError, before serving
+
+    def current() -> Revocations:
+        try:
+            last[0] = revocations(folder)
+        except DataError as exc:
+            log.error("%s; keeping the last list read", exc)
+        return last[0]
+
+    return current
 
 
 def _participation(outcome: RoundOutcome, selected: Any) -> list[Participation]:

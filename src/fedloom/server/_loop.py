@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedloom.errors import RoundFailedError
+import numpy as np
+
+from fedloom.errors import DivergedError, RoundFailedError
 from fedloom.messages import Config, EvalResult, Instruction, Reply, RoundRecord
 from fedloom.params import ParamSpec, Vector
 from fedloom.server._checkpoint import Checkpoint, save_checkpoint
@@ -169,9 +171,12 @@ def run_rounds(
                 round, "fit", outcome.aggregate.count, needed, requirement(strategy.aggregator)
             )
         agg_state, mech_state = outcome.aggregator_state, outcome.state
-        parameters, opt_state = strategy.optimizer.step(
-            parameters, outcome.aggregate.vector, opt_state
-        )
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below, as a whole
+            parameters, opt_state = strategy.optimizer.step(
+                parameters, outcome.aggregate.vector, opt_state
+            )
+        if not np.isfinite(parameters).all():
+            raise DivergedError(round)
         central = evaluate(parameters) if evaluate is not None else None
         fed_loss, fed_acc = (
             _federated_evaluation(fleet, selected, parameters, round, round_timeout)

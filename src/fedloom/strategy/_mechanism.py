@@ -10,6 +10,8 @@ aggregation yields four times. The loop never needs to know which.
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -90,12 +92,44 @@ class _FitTally:
 
     def accept(self, reply: Reply) -> None:
         self.accepted.append(reply.client_id)
-        for key, value in reply.metrics.items():
-            self._sums[key] = self._sums.get(key, 0.0) + float(value) * reply.num_examples
+        for key, value in usable_metrics(reply).items():
+            self._sums[key] = self._sums.get(key, 0.0) + value * reply.num_examples
             self._weights[key] = self._weights.get(key, 0.0) + reply.num_examples
 
     def metrics(self) -> dict[str, float]:
         return {k: self._sums[k] / self._weights[k] for k in self._sums if self._weights[k] > 0}
+
+
+MAX_METRICS = 64
+"""The most metrics one reply may report; the rest are dropped."""
+_METRIC_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def usable_metrics(reply: Reply) -> dict[str, float]:
+    """A reply's metrics that are data a history can hold: at most :data:`MAX_METRICS` finite
+    numbers with names of 1 to 64 characters of ``A-Z a-z 0-9 _ . -``. What is dropped is said
+    once, for the client and round."""
+    kept: dict[str, float] = {}
+    dropped = 0
+    for key, value in reply.metrics.items():
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if (
+            number is None
+            or not math.isfinite(number)
+            or not isinstance(key, str)
+            or not _METRIC_NAME.fullmatch(key)
+            or len(kept) >= MAX_METRICS
+        ):
+            dropped += 1
+            continue
+        kept[key] = float(number)
+    if dropped:
+        log.warning(
+            "round %d: dropped %d of client %s's metrics (not finite numbers, badly named, or "
+            "past %d)",
+            reply.round, dropped, reply.client_id, MAX_METRICS,
+        )  # fmt: skip
+    return kept
 
 
 def fit_problem(reply: Reply, ctx: RoundContext, seen: set[str], dim: int) -> str | None:

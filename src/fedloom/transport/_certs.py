@@ -44,6 +44,7 @@ __all__ = [
     "revoke",
     "revoked",
     "serial_of",
+    "valid_client_id",
 ]
 
 SERVER_NAME = "fedloom-server"  # the server's CN, also in its SAN: for ssl_target_name_override
@@ -242,6 +243,11 @@ def _lines(out_or_file: Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read the revocation list {path}: {e}") from e
     return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+
+
+def valid_client_id(client_id: str) -> bool:
+    """Is ``client_id`` 1 to 64 of ``A-Z a-z 0-9 . _ -`` (no control or other characters)?"""
+    return bool(_ID.fullmatch(client_id)) and client_id != "server"
 
 
 def _check(client_ids: Sequence[str], days: int) -> None:

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from fedloom.errors import ConfigError, DataError, WireError
-from fedloom.transport._certs import Revocations, serial_of
+from fedloom.transport._certs import Revocations, serial_of, valid_client_id
 from fedloom.transport._fleet import GrpcFleet
 from fedloom.transport._proto import fedloom_pb2 as pb
 from fedloom.transport._wire import decode, encode_instruction, encode_signal
@@ -60,6 +61,8 @@ class _Handlers:
     def __init__(self, fleet: GrpcFleet, options: ServerOptions) -> None:
         self.fleet = fleet
         self.options = options
+        self._pins: dict[str, int] = {}  # client id -> the serial of the certificate it uses
+        self._pin_lock = threading.Lock()
 
     def identity(self, context: grpc.ServicerContext) -> str:
         serial = None
@@ -75,9 +78,30 @@ class _Handlers:
         if not client_id:
             log.warning("refused a call with no client identity from %s", context.peer())
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client identity")
-        if self.options.revoked().refuses(client_id, serial):
+        if not valid_client_id(client_id):
+            log.warning("refused a call naming itself %r from %s", client_id, context.peer())
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the identity is not a client id (1 to 64 of A-Z a-z 0-9 . _ -)",
+            )
+        refused = self.options.revoked()
+        if refused.refuses(client_id, serial):
             log.warning("refused revoked client %s (%s)", client_id, context.peer())
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"client {client_id} is revoked")
+        if serial is not None:
+            with self._pin_lock:
+                pinned = self._pins.setdefault(client_id, serial)
+                if pinned != serial and refused.refuses(client_id, pinned):
+                    self._pins[client_id] = pinned = serial  # re-issued after a revocation
+            if pinned != serial:
+                log.warning(
+                    "refused a second certificate for client %s (%s)", client_id, context.peer()
+                )
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"client {client_id} is connected with another certificate; revoke that "
+                    "one first",
+                )
         return client_id
 
     def join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
