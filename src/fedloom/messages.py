@@ -17,6 +17,7 @@ from fedloom.errors import ConfigError
 from fedloom.params import Vector
 
 __all__ = [
+    "REFUSED",
     "Aggregate",
     "ClientUpdate",
     "Config",
@@ -29,6 +30,10 @@ __all__ = [
     "Scalar",
     "setting",
 ]
+
+REFUSED = "fedloom.refused"
+"""Payload key of a reply a fleet refused before the round saw it (the reason, UTF-8): the
+round records the client as rejected with that reason rather than waiting for it."""
 
 Scalar = bool | int | float | str
 Config = Mapping[str, Scalar]

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedloom.messages import Aggregate, ClientUpdate, Config, Instruction, Reply
+from fedloom.messages import REFUSED, Aggregate, ClientUpdate, Config, Instruction, Reply
 from fedloom.params import Vector
 from fedloom.strategy._aggregate import Aggregator
 
@@ -134,6 +134,8 @@ def usable_metrics(reply: Reply) -> dict[str, float]:
 
 def fit_problem(reply: Reply, ctx: RoundContext, seen: set[str], dim: int) -> str | None:
     """Why a fit reply must be refused, or None when it is acceptable."""
+    if REFUSED in reply.payload:
+        return reply.payload[REFUSED].decode(errors="replace")
     if reply.client_id not in ctx.selected:
         return "client was not selected for this round"
     if reply.client_id in seen:

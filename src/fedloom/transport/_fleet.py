@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedloom.errors import ConfigError, WireError
-from fedloom.messages import Instruction, Reply
+from fedloom.messages import REFUSED, Instruction, Reply
 from fedloom.transport._wire import Message
 
 __all__ = ["OUTCOMES", "GrpcFleet", "Outstanding"]
@@ -68,6 +68,7 @@ class GrpcFleet:
         self._cond = threading.Condition()
         self._finished = False
         self.outcome = "done"
+        self._dim = 0  # the model's size, from the last instruction that carried it
 
     # ---------------------------------------------------------------- called by the service
 
@@ -110,6 +111,34 @@ class GrpcFleet:
                     return None
                 self._cond.wait(left)
 
+    def admit(self, client_id: str, message_id: str, size: int) -> str | None:
+        """Why a reply whose header names ``message_id`` and declares ``size`` bytes must be
+        refused before its bytes are read, or None: the sender must have joined and be
+        answering its outstanding instruction (or retrying its accepted answer), and a reply
+        carries at most what its instruction can need (:meth:`reply_limit`)."""
+        with self._cond:
+            slot = self._slots.get(client_id)
+            if slot is None:
+                return "unknown client: join first"
+            if message_id in slot.answered:
+                return None  # a retry: acknowledged without its bytes mattering
+            pending = slot.pending
+            if pending is None or pending.message_id != message_id:
+                return "answers no outstanding instruction (stale, replayed or misrouted)"
+            limit = self.reply_limit(pending.instruction)
+        if size > limit:
+            return f"the reply declares {size} bytes; an answer to it needs at most {limit}"
+        return None
+
+    def reply_limit(self, ins: Instruction) -> int:
+        """The most bytes a reply to ``ins`` can need: the model's values twice over in 64-bit
+        words (an update and SCAFFOLD's control variate, or a masked input), plus 1 MiB and
+        256 bytes per client for the protocols' payloads (secure aggregation's shares)."""
+        dim = ins.parameters.shape[0] if ins.parameters is not None else self._dim
+        if ins.parameters is not None:
+            self._dim = max(self._dim, dim)
+        return 16 * (dim + 1) + (1 << 20) + 256 * len(self._slots)
+
     def push(self, client_id: str, message: Message) -> tuple[bool, str]:
         """Accept a reply, or say why not: ``(accepted, reason)``."""
         header = message.header
@@ -132,7 +161,10 @@ class GrpcFleet:
             try:
                 reply = message.reply(client_id)
             except WireError as exc:
-                self._settle(slot, header.message_id, None)
+                refusal = Reply(
+                    client_id, ins.round, ins.phase, payload={REFUSED: str(exc).encode()}
+                )
+                self._settle(slot, header.message_id, refusal)  # the round hears why, at once
                 return False, str(exc)
             problem = _vector_problem(reply, ins)
             if problem is not None:
@@ -237,8 +269,13 @@ class GrpcFleet:
 
 
 def _vector_problem(reply: Reply, ins: Instruction) -> str | None:
-    """Why a reply's vector cannot answer ``ins``, checked before it reaches the round."""
+    """Why a reply's vector cannot answer ``ins``, checked before it reaches the round (which
+    then records the same reason); a fit must carry an update and a positive example count."""
     vec = reply.vector
+    if ins.phase == "fit" and vec is None:
+        return "no update vector"
+    if ins.phase == "fit" and reply.num_examples <= 0:
+        return f"num_examples is {reply.num_examples}; it must be positive"
     if vec is None:
         return None
     if ins.parameters is not None and vec.shape != ins.parameters.shape:

@@ -153,7 +153,11 @@ class _Handlers:
     def push(self, raw: Iterator[bytes], context: grpc.ServicerContext) -> pb.PushReply:
         client_id = self.identity(context)
         try:
-            message = decode(_parsed(raw), self.options.max_message_bytes)
+            message = decode(
+                _parsed(raw),
+                self.options.max_message_bytes,
+                lambda header, size: self.fleet.admit(client_id, header.message_id, size),
+            )
         except WireError as exc:
             log.warning("refused a reply from %s: %s", client_id, exc)
             return pb.PushReply(accepted=False, reason=str(exc))

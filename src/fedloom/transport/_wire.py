@@ -8,7 +8,7 @@ whose data does not add up to the declared sizes is refused with :class:`WireErr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,8 +142,17 @@ def encode_signal(run_id: str, kind: str) -> Iterator[pb.Chunk]:
     yield pb.Chunk(header=pb.Header(run_id=run_id, kind=kind))
 
 
-def decode(chunks: Iterable[pb.Chunk], max_bytes: int) -> Message:
-    """Reassemble a chunk stream; :class:`WireError` when it is malformed or over ``max_bytes``."""
+def decode(
+    chunks: Iterable[pb.Chunk],
+    max_bytes: int,
+    admit: Callable[[pb.Header, int], str | None] | None = None,
+) -> Message:
+    """Reassemble a chunk stream; :class:`WireError` when it is malformed or over ``max_bytes``.
+
+    ``admit(header, declared_bytes)``, when given, is asked before any blob byte is read: it
+    returns why the message must be refused (a sender with nothing to answer, more bytes than
+    its answer can need), or None.
+    """
     stream = iter(chunks)
     first = next(stream, None)
     if first is None or first.WhichOneof("part") != "header":
@@ -153,6 +162,9 @@ def decode(chunks: Iterable[pb.Chunk], max_bytes: int) -> Message:
     total = sum(size for _, size in sizes)
     if total > max_bytes:
         raise WireError(f"the message declares {total} bytes, more than the limit {max_bytes}")
+    refusal = admit(header, total) if admit is not None else None
+    if refusal is not None:
+        raise WireError(refusal)
     if len({name for name, _ in sizes}) != len(sizes):
         raise WireError("a blob name repeats")
     buffer = bytearray()  # grows as bytes arrive: nothing is reserved for a declared size
