@@ -122,6 +122,8 @@ class GrpcFleet:
                 return "unknown client: join first"
             if message_id in slot.answered:
                 return None  # a retry: acknowledged without its bytes mattering
+            if self._finished:
+                return f"the run is {'over' if self.outcome == 'done' else self.outcome}"
             pending = slot.pending
             if pending is None or pending.message_id != message_id:
                 return "answers no outstanding instruction (stale, replayed or misrouted)"
