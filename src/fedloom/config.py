@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -210,8 +211,14 @@ secagg_weight_bound
             raise ConfigError(f"--fraction must be in (0, 1], got {self.fraction}")
         if self.fraction is not None and self.clients_per_round is not None:
             raise ConfigError("give --fraction or --clients-per-round, not both")
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be positive and finite, got {self.lr}")
+        for name in _FINITE:
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{_flag(name)} must be a finite number, got {value}")
+        if self.out is not None and not self.out.strip():
+            raise ConfigError("--out must name a folder; leave it unset to write nothing")
         for name in ("stragglers", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
@@ -289,6 +296,8 @@ DP_SETTINGS = (
 )  # fmt: skip
 """The settings of differential privacy (beside ``dp`` and ``accountant``)."""
 _HINTS = get_type_hints(SimulationConfig)
+_FINITE = tuple(f.name for f in fields(SimulationConfig) if "float" in str(_HINTS[f.name]))
+"""The settings that are numbers: none may be NaN or infinite."""
 
 
 def _flag(name: str) -> str:

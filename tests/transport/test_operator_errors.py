@@ -167,3 +167,36 @@ def test_resuming_with_fewer_rounds_than_done_is_refused_and_the_run_is_kept(
     assert status == 2
     assert "fewer than the 2 rounds this run has done" in _one_error_line(capsys.readouterr().err)
     assert (tmp_path / "run" / "run.db").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([*SERVER, "--out", "run", "--insecure", "--round-timeout", "-1"],
+         "--round-timeout must be a positive number of seconds, got -1.0"),
+        ([*SERVER, "--out", "run", "--insecure", "--heartbeat-timeout", "nan"],
+         "--heartbeat-timeout must be a positive number of seconds, got nan"),
+        ([*SERVER, "--out", "run", "--insecure", "--wait-for-clients", "-1"],
+         "--wait-for-clients must be a positive number of seconds"),
+        ([*SERVER, "--out", "run", "--insecure", "--lr", "inf"],
+         "--lr must be positive and finite"),
+        ([*SERVER, "--out", "a-file", "--insecure"], "--out a-file is a file; give a folder"),
+        ([*SERVER, "--out", "a-file/run", "--insecure"], "lies under the file a-file"),
+        (["client", "--server", "127.0.0.1:1", "--client-id", "0", "--insecure", "--dataset",
+          "digits", "--clients", "3", "--give-up", "-1"], "--give-up must be 0 or more seconds"),
+        (["privacy", "--clients", "0", "--clients-per-round", "1", "--rounds", "1",
+          "--noise-multiplier", "1"], "--clients must be at least 1, got 0"),
+        (["certs", "--out", "certs", "--days", "99999999"], "--days must be a whole number from 1"),
+        (["simulate", "--quiet", "--rounds", "1", "--out", " "], "--out must name a folder"),
+    ],
+)  # fmt: skip
+def test_a_setting_out_of_range_is_one_line_before_anything_starts(
+    argv: list[str], message: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status = main(argv)
+    assert status == 2
+    assert message in _one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

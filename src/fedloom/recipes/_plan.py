@@ -87,6 +87,8 @@ def local_sgd(cfg: SimulationConfig) -> LocalSGD:
 
 def default_delta(delta: float | None, population: int) -> float:
     """``delta``, else ``population ** -1.1``; checked against the population."""
+    if population < 1:
+        raise ConfigError(f"--clients must be at least 1, got {population}")
     chosen = delta if delta is not None else population**-1.1
     check_delta(chosen, population)
     return chosen

@@ -30,7 +30,7 @@ from fedloom.models import make_trainer
 from fedloom.params import ParamSpec, Vector
 from fedloom.recipes._plan import RunPlan, local_sgd, plan
 from fedloom.recipes._simulate import stopper
-from fedloom.recipes._use import write_model_file
+from fedloom.recipes._use import check_out_dir, write_model_file
 from fedloom.server import LoopState, Participation, RoundState, RunResult, RunStore, run_rounds
 from fedloom.strategy import RoundOutcome
 
@@ -119,6 +119,8 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
     if cfg.out is None:
         raise ConfigError("fedloom server needs --out DIR: the run is kept in DIR/run.db")
     check_address(net.address, flag="--address", listening=True)
+    _check_times(net)
+    check_out_dir(cfg.out)
     tls = _tls(net.certs, net.insecure, "server")
     db = Path(cfg.out) / "run.db"
     store: RunStore | None = None
@@ -225,6 +227,16 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
     finally:
         if store is not None:
             store.close()
+
+
+def _check_times(net: ServeSettings) -> None:
+    for flag, value in (
+        ("--round-timeout", net.round_timeout),
+        ("--wait-for-clients", net.wait_for_clients),
+        ("--heartbeat-timeout", net.heartbeat_timeout),
+    ):
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag} must be a positive number of seconds, got {value}")
 
 
 def _test_set(
@@ -434,6 +446,8 @@ def serve_client(
     from fedloom.transport import check_address
 
     check_address(address, flag="--server")
+    if not (math.isfinite(give_up) and give_up >= 0):
+        raise ConfigError(f"--give-up must be 0 or more seconds, got {give_up}")
     tls = _tls(certs, insecure, client_id)
 
     def context(model: dict[str, Any]) -> ClientContext:

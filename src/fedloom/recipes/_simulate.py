@@ -26,7 +26,7 @@ from fedloom.models import make_trainer
 from fedloom.params import Vector
 from fedloom.privacy import LocalDP, RunPrivacy
 from fedloom.recipes._plan import RunPlan, local_sgd, plan
-from fedloom.recipes._use import write_model_file
+from fedloom.recipes._use import check_out_dir, write_model_file
 from fedloom.server import Fleet, RunResult, run_rounds
 from fedloom.simulation import Attack, InProcessFleet, SimulatedConditions, attack_mod
 from fedloom.strategy import Strategy, required_updates, requirement, round_half_up
@@ -234,6 +234,7 @@ def simulate(
         return tr.evaluate(parameters, test)
 
     if cfg.out is not None:
+        check_out_dir(cfg.out)
         atomic_write(Path(cfg.out) / "config.toml", cfg.to_toml().encode())
         described = {"input_shape": list(ds.input_shape), "num_classes": ds.num_classes}
         write_model_file(cfg.out, {"model": cfg.model, **described})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from fedloom.errors import ConfigError, DataError
 from fedloom.models import make_trainer
 from fedloom.server import load_checkpoint
 
-__all__ = ["MODEL_FILE", "Predictions", "export", "predict", "write_model_file"]
+__all__ = ["MODEL_FILE", "Predictions", "check_out_dir", "export", "predict", "write_model_file"]
 
 MODEL_FILE = "model.json"
 """The name of the model's description in a run's folder."""
@@ -43,6 +44,21 @@ class Predictions:
     classes: npt.NDArray[np.int64]
     names: tuple[str, ...] | None
     accuracy: float | None
+
+
+def check_out_dir(out: str | Path) -> None:
+    """Refuse an ``--out`` that cannot hold a run: an existing file, a path under a file, or a
+    folder that cannot be written; nothing is created."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out} lies under the file {parent}; give a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {parent} cannot be written to; give another folder")
 
 
 def write_model_file(out: str | Path, description: Mapping[str, Any]) -> None:

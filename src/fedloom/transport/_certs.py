@@ -53,6 +53,7 @@ _HOST = re.compile(r"[A-Za-z0-9*._-]{1,253}")
 _HOW = "create the federation's certificates with `fedloom certs` (see `fedloom certs --help`)"
 _SKEW = dt.timedelta(minutes=5)  # backdated, for peers whose clocks run a little behind
 _REVOKED = "revoked.txt"
+_MAX_DAYS = 36_500  # a hundred years: later dates do not fit a certificate's clock
 _Issuer = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 
 
@@ -255,8 +256,8 @@ def _check(client_ids: Sequence[str], days: int) -> None:
         if not isinstance(cid, str) or not _ID.fullmatch(cid) or cid == "server":
             rule = "1 to 64 characters of A-Z a-z 0-9 . _ - (and not 'server')"
             raise ConfigError(f"invalid client id {cid!r}: a client id is {rule}")
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise ConfigError(f"days must be a positive whole number, got {days!r}")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= _MAX_DAYS:
+        raise ConfigError(f"--days must be a whole number from 1 to {_MAX_DAYS}, got {days!r}")
 
 
 def _san(host: str) -> x509.GeneralName:
