@@ -37,15 +37,6 @@ from fedloom.transport._wire import Message, decode, encode_reply
 
 
 @pytest.fixture
-def fedloom(tmp_path: Path) -> Iterator[Fedloom]:
-    runner = Fedloom(tmp_path)
-    try:
-        yield runner
-    finally:
-        runner.stop_all()
-
-
-@pytest.fixture
 def certs(fedloom: Fedloom) -> str:
     fedloom.run("certs", "certs --out certs --server-host 127.0.0.1 --clients 0,1,2,3")
     return "certs"

@@ -5,7 +5,6 @@ fit a client's data refuses it at join, and both say why."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,6 @@ from fedloom.server import RunStore
 pytestmark = pytest.mark.slow  # real server and client processes
 
 FEATURES = 4
-
-
-@pytest.fixture
-def fedloom(tmp_path: Path) -> Iterator[Fedloom]:
-    runner = Fedloom(tmp_path)
-    try:
-        yield runner
-    finally:
-        runner.stop_all()
 
 
 def _write_csv(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from _procs import Fedloom, rounds
 from fedloom.server import RunStore
 
 pytestmark = pytest.mark.slow  # real server and client processes
-
-
-@pytest.fixture
-def fedloom(tmp_path: Path) -> Iterator[Fedloom]:
-    runner = Fedloom(tmp_path)
-    try:
-        yield runner
-    finally:
-        runner.stop_all()
 
 
 def _free_port() -> int:
