@@ -155,15 +155,13 @@ def test_no_import_of_another_packages_private_module() -> None:
     assert wrong == [], "\n".join(wrong)
 
 
-def test_the_checker_sees_what_it_must() -> None:
+def test_the_checker_sees_what_it_must(tmp_path: Path) -> None:
     # a lazy import and a type-only one both count, and so does a cycle through them
     graph = {"a": {"b": "lazy"}, "b": {"c": "top"}, "c": {"a": "TYPE_CHECKING"}, "d": {}}
     assert _cycles(graph) == [["a", "b", "c"]]
-    tree = "def f():\n    from fedloom.x import y\nif TYPE_CHECKING:\n    import fedloom.z\n"
-    path = PACKAGE / "_layer_probe.py"
-    try:
-        path.write_text(tree)
-        found = dict(_imports("fedloom._layer_probe", path, {"fedloom.x.y"}))
-    finally:
-        path.unlink()
+    path = tmp_path / "probe.py"
+    path.write_text(
+        "def f():\n    from fedloom.x import y\nif TYPE_CHECKING:\n    import fedloom.z\n"
+    )
+    found = dict(_imports("fedloom._layer_probe", path, {"fedloom.x.y"}))
     assert set(found) == {"fedloom.x", "fedloom.x.y", "fedloom.z"}
