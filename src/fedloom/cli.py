@@ -434,10 +434,14 @@ def _certs(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.revoke:
+        had = (out / "clients" / f"{args.revoke}.pem").exists()
         revoke(out, args.revoke)
+        reissue = f"`fedloom certs --out {out} --clients {args.revoke}` issues it a new one"
         print(
             f"revoked {args.revoke}'s certificate; a running server refuses it from its next "
-            f"call (`fedloom certs --out {out} --clients {args.revoke}` issues it a new one)"
+            f"call ({reissue})"
+            if had
+            else f"revoked every certificate of {args.revoke} (this folder holds none of it)"
         )
         return 0
     clients = [c for c in args.clients.split(",") if c]

@@ -189,3 +189,10 @@ def test_compose_keeps_a_chain_and_adds_links_after_it() -> None:
     assert isinstance(twice.aggregator, Chain)
     assert twice.aggregator.links == (ClipUpdates(1.0), ClipUpdates(0.5))
     assert twice.name == "clipped twice"
+
+
+def test_a_secure_strategy_can_be_renamed_but_not_given_a_server_link() -> None:
+    secure = compose(fedavg(), [FixedPoint()], SecAggRound())
+    assert compose(secure, [], name="renamed").name == "renamed"
+    with pytest.raises(ConfigError, match=r"update clipping cannot be combined"):
+        compose(secure, [ClipUpdates(1.0)])

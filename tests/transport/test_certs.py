@@ -318,3 +318,14 @@ def test_a_revoked_client_reissued_joins_with_its_new_certificate_and_not_its_ol
     assert revoked(tmp_path) == {"2"}
     (tmp_path / "revoked.txt").write_text("2\n")  # an id alone: every certificate of it
     assert revocations(tmp_path).refuses("2", serial_of(new))
+
+
+def test_a_client_revoked_by_id_alone_is_not_reissued(tmp_path: Path) -> None:
+    # no certificate of "3" in the folder when it was revoked: every certificate of it stays
+    # refused, so issuing it one would only make another refused certificate
+    create_federation(tmp_path, server_hosts=["127.0.0.1"], clients=[])
+    revoke(tmp_path, "3")
+    create_federation(tmp_path, server_hosts=["127.0.0.1"], clients=["3"])
+    first = (tmp_path / "clients" / "3.pem").read_bytes()
+    create_federation(tmp_path, server_hosts=["127.0.0.1"], clients=["3"])
+    assert (tmp_path / "clients" / "3.pem").read_bytes() == first

@@ -95,3 +95,21 @@ def test_a_bad_cell_names_its_row_and_column(tmp_path: Path) -> None:
     short = _csv(tmp_path, "f1,f2,label\n1,2\n")
     with pytest.raises(DataError, match=r"row 1 \(line 2\) has 2 cells; the header has 3"):
         load_client_data(short)
+
+
+def test_label_names_are_read_as_the_loader_reads_them_and_bad_cells_are_data_errors(
+    tmp_path: Path,
+) -> None:
+    spaced = _csv(tmp_path, "f1,label\n1, yes\n2, no\n")
+    assert label_names(spaced) == ["no", "yes"]
+    assert load_client_data(spaced, classes=label_names(spaced)).y.tolist() == [1, 0]
+    for text, message in (
+        ("f1,label\n1,nan\n", r"'nan' is not a class|whole-number"),
+        ("f1,label\ninf,0\n", "'inf' is not finite"),
+    ):
+        with pytest.raises(DataError, match=message):
+            load_client_data(_csv(tmp_path, text))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("f1,label\n1,\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="cannot be read as a UTF-8 CSV"):
+        load_client_data(str(latin))

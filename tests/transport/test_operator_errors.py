@@ -29,6 +29,8 @@ SERVER = ["server", "--model", "logreg", "--dataset", "digits", "--rounds", "1"]
         ("127.0.0.l:8080", "'127.0.0.l' is not an IPv4 address"),
         ("::1:8080", "put an IPv6 address in brackets"),
         (":8080", "has no host"),
+        ("127.0.0.1:\uff18\uff10\uff18\uff10", "is not a number"),  # full-width digits
+        ("127.0.0.1:\u00b2", "is not a number"),
     ],
 )
 def test_a_malformed_address_is_refused_with_what_is_accepted(address: str, message: str) -> None:

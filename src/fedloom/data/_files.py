@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -358,7 +359,7 @@ def label_names(path: str, label: str = "label") -> list[str] | None:
     if file.suffix != ".csv" or not file.is_file():
         return None
     header, rows = _csv_rows(file, label)
-    raw = [r[header.index(label)] for r in rows if len(r) == len(header)]
+    raw = [r[header.index(label)].strip() for r in rows if len(r) == len(header)]
     if all(_is_number(v) for v in raw):
         return None
     return sorted(set(raw))
@@ -373,8 +374,11 @@ def _is_number(text: str) -> bool:
 
 
 def _csv_rows(file: Path, label: str) -> tuple[list[str], list[list[str]]]:
-    with file.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        with file.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{file} cannot be read as a UTF-8 CSV: {exc}") from None
     if not rows or label not in rows[0]:
         raise DataError(f"{file}: no {label!r} column in the header; name it with --label")
     return rows[0], rows[1:]
@@ -414,6 +418,8 @@ def _csv(
                 raise DataError(
                     f"{where}, column {features[j]!r}: {value!r} is not a number"
                 ) from None
+            if not math.isfinite(x[r, j]):
+                raise DataError(f"{where}, column {features[j]!r}: {value!r} is not finite")
     if fill_missing == "mean" and missing.any():
         counts = (~missing).sum(axis=0)
         means = np.where(missing, 0.0, x).sum(axis=0) / np.maximum(counts, 1)
@@ -428,8 +434,11 @@ def _class_of(value: str, names: Sequence[str] | None, where: str) -> int:
         if value not in names:
             raise DataError(f"{where}: {value!r} is not one of the classes {', '.join(names)}")
         return list(names).index(value)
-    number = float(value)
-    if number != round(number):
+    try:
+        number = float(value)
+    except ValueError:
+        raise DataError(f"{where}: {value!r} is not a class") from None
+    if not math.isfinite(number) or number != round(number):
         raise DataError(f"{where}: {value!r}: labels must be whole-number classes, or names")
     return int(number)
 

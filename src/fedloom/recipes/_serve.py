@@ -28,7 +28,7 @@ from fedloom.errors import ConfigError, DataError, RoundFailedError
 from fedloom.messages import EvalResult
 from fedloom.models import make_trainer
 from fedloom.params import ParamSpec, Vector
-from fedloom.recipes._plan import RunPlan, local_sgd, plan
+from fedloom.recipes._plan import RunPlan, cohort_size, local_sgd, plan
 from fedloom.recipes._simulate import stopper
 from fedloom.recipes._use import check_out_dir, write_model_file
 from fedloom.server import LoopState, Participation, RoundState, RunResult, RunStore, run_rounds
@@ -130,7 +130,7 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                 raise ConfigError(f"--resume: {db} does not exist; start the run without --resume")
             store = RunStore(db)
             stored = store.run_config()
-            cfg = SimulationConfig().replace(**stored)
+            cfg = SimulationConfig().replace(**{**stored, "out": cfg.out})  # the folder given
             state = store.latest()
             if net.rounds is not None and net.rounds != cfg.rounds:
                 if net.rounds < state.round:
@@ -166,7 +166,11 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
         if net.trainer:
             model["trainer"] = net.trainer
         _refuse_unservable(cfg)
-        cohort = cfg.clients_per_round or cfg.clients or cfg.min_clients
+        cohort = (
+            cohort_size(cfg, cfg.clients)
+            if cfg.clients is not None
+            else cfg.clients_per_round or cfg.min_clients
+        )
         # the cohort comes from whoever is connected, so central DP takes no credit for sampling
         run = plan(
             cfg,
@@ -403,8 +407,8 @@ def _map_labels(data: ClientData, names: list[str], server: Any) -> ClientData:
             f"({', '.join(map(str, server))})"
         )
     order = np.array([server.index(n) for n in names], dtype=np.int64)
-    train = data.train
-    return ClientData(ArrayData(train.x, order[train.y]), data.test)
+    train, test = data.train, data.test
+    return ClientData(ArrayData(train.x, order[train.y]), ArrayData(test.x, order[test.y]))
 
 
 def _trainer(model: dict[str, Any]) -> Trainer:

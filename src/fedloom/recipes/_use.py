@@ -125,7 +125,10 @@ def predict(
     if out is not None:
         shown = [labels[c] for c in classes] if labels is not None else classes.tolist()
         rows = "".join(f"{v}\n" for v in shown)
-        atomic_write(Path(out), ("prediction\n" + rows).encode())
+        try:
+            atomic_write(Path(out), ("prediction\n" + rows).encode())
+        except OSError as exc:
+            raise DataError(f"cannot write --out {out}: {exc}") from None
     return Predictions(classes, labels, accuracy)
 
 
@@ -142,12 +145,15 @@ def _examples(data: str, label: str, names: Any) -> tuple[np.ndarray, npt.NDArra
 
 
 def _features_only(path: Path, header: list[str]) -> np.ndarray:
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))[1:]
     try:
-        return np.array([[float(v) for v in row] for row in rows], dtype=np.float64)
-    except ValueError as exc:
-        raise DataError(f"{path}: a cell is not a number ({exc}); columns {header}") from None
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))[1:]
+        values = np.array([[float(v) for v in row] for row in rows], dtype=np.float64)
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+        raise DataError(f"{path}: not a table of numbers under columns {header}: {exc}") from None
+    if values.ndim != 2 or not np.isfinite(values).all():
+        raise DataError(f"{path}: rows of different lengths, or cells that are not finite")
+    return values
 
 
 def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -157,7 +163,12 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     classes (``model.json`` says which), and a ``logreg`` model into
     ``torch.nn.Linear(features, classes)``.
     """
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise ConfigError(
+            "fedloom export writes a PyTorch state dict: install fedloom[torch]"
+        ) from None
 
     _, trainer, parameters = _load(run_dir)
     target = Path(out) if out is not None else Path(run_dir) / "model.pt"
@@ -170,6 +181,10 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     else:  # make_trainer builds one of the two
         raise ConfigError(f"cannot export a {type(trainer).__name__}")
     temporary = target.with_name(target.name + ".tmp")
-    torch.save(state, temporary)
-    temporary.replace(target)
+    try:
+        torch.save(state, temporary)
+        temporary.replace(target)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise DataError(f"cannot write {target}: {exc}") from None
     return target

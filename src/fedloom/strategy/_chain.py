@@ -210,7 +210,7 @@ def compose(
         chain_links = aggregator.links + chain_links
     averaging = isinstance(aggregator, WeightedMean | Chain)
     own_round = not isinstance(strategy.mechanism, PlainRound)
-    hides = mechanism is not None and hides_updates(mechanism)
+    hides = hides_updates(mechanism if mechanism is not None else strategy.mechanism)
     for link in chain_links:
         if link.side != "server":
             continue
@@ -235,7 +235,7 @@ def compose(
                 f"{strategy.name} needs every update on its own; use a strategy that averages "
                 f"({_AVERAGING})"
             )
-        if own_round:
+        if own_round and mechanism is not None:
             raise ConfigError(
                 f"secure aggregation replaces the round's single fit phase, which "
                 f"{strategy.name} already replaces with its own; they cannot be combined"

@@ -54,7 +54,7 @@ def check_address(text: str, *, flag: str, listening: bool = False) -> str:
             raise ConfigError(f"{flag} {text!r} has no port; write {_FORM}")
     if not host:
         raise ConfigError(f"{flag} {text!r} has no host; write {_FORM}")
-    if not port.isdigit():
+    if not (port.isascii() and port.isdigit()):
         raise ConfigError(f"{flag} {text!r}: the port {port!r} is not a number; write {_FORM}")
     number = int(port)
     lowest = 0 if listening else 1

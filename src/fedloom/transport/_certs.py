@@ -140,8 +140,10 @@ def create_federation(
     for client_id in clients:
         made[client_id] = _client(out, client_id)
         cert = made[client_id].cert
-        if fresh or not cert.exists() or refused.refuses(client_id, serial_of(cert.read_bytes())):
-            # new, or its certificate was revoked: a new certificate (and key), a new serial
+        revoked_one = cert.exists() and (client_id, serial_of(cert.read_bytes())) in refused.serials
+        if fresh or not cert.exists() or revoked_one:
+            # new, or its certificate was revoked by serial: a new certificate (and key); a
+            # client revoked by id alone (every certificate of it) is not issued another
             _save(_client_cert(ca, client_id, days), made[client_id])
     return made
 

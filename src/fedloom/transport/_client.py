@@ -2,7 +2,7 @@
 
 The client runs the same :class:`~fedloom.client.ClientApp` as a simulated one. It keeps its
 :class:`~fedloom.client.ClientContext` (and so its state, such as SCAFFOLD's control variate)
-for its whole life, across server restarts: when the server goes away it retries with backoff
+for its whole life, across server restarts: when the server goes away it retries every second
 and joins again.
 """
 

@@ -137,8 +137,6 @@ class GrpcFleet:
         words (an update and SCAFFOLD's control variate, or a masked input), plus 1 MiB and
         256 bytes per client for the protocols' payloads (secure aggregation's shares)."""
         dim = ins.parameters.shape[0] if ins.parameters is not None else self._dim
-        if ins.parameters is not None:
-            self._dim = max(self._dim, dim)
         return 16 * (dim + 1) + (1 << 20) + 256 * len(self._slots)
 
     def push(self, client_id: str, message: Message) -> tuple[bool, str]:
@@ -216,6 +214,8 @@ class GrpcFleet:
                     continue
                 mid = uuid.uuid4().hex
                 slot.pending = Outstanding(mid, ins)
+                if ins.parameters is not None:  # later phases' replies are sized by the model
+                    self._dim = max(self._dim, ins.parameters.shape[0])
                 waiting[cid] = mid
             self._cond.notify_all()
         deadline = None if timeout is None else time.monotonic() + timeout

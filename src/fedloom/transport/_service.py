@@ -125,7 +125,7 @@ class _Handlers:
         if "trainer" in model or "input_shape" not in model or not isinstance(said, str):
             return None
         width = math.prod(int(x) for x in model["input_shape"])
-        if not said.isdigit() or int(said) == width:
+        if not (said.isascii() and said.isdigit()) or int(said) == width:
             return None
         source = model.get("built_from", "the server's data")
         return (
