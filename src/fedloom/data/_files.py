@@ -309,7 +309,7 @@ FILL_MISSING = ("mean", "zero")
 
 def load_client_data(
     path: str,
-    label: str = "label",
+    label: str | None = "label",
     user: str | None = None,
     *,
     classes: Sequence[str] | None = None,
@@ -325,6 +325,7 @@ def load_client_data(
     in ``classes`` (by default the file's names, sorted: see :func:`label_names`; every party
     of a federation must use the same list). An empty feature cell is refused with its row and
     column, or filled with its column's mean (``fill_missing="mean"``) or 0 (``"zero"``).
+    ``label=None`` reads a CSV of features alone (every column; the classes are all 0).
     """
     file = Path(path)
     if not file.exists():
@@ -373,36 +374,39 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _csv_rows(file: Path, label: str) -> tuple[list[str], list[list[str]]]:
+def _csv_rows(file: Path, label: str | None) -> tuple[list[str], list[list[str]]]:
     try:
         with file.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{file} cannot be read as a UTF-8 CSV: {exc}") from None
-    if not rows or label not in rows[0]:
+    if not rows or (label is not None and label not in rows[0]):
         raise DataError(f"{file}: no {label!r} column in the header; name it with --label")
     return rows[0], rows[1:]
 
 
 def _csv(
-    file: Path, label: str, classes: Sequence[str] | None, fill_missing: str | None
+    file: Path, label: str | None, classes: Sequence[str] | None, fill_missing: str | None
 ) -> ArrayData:
     header, rows = _csv_rows(file, label)
     if not rows:
         raise DataError(f"{file}: no rows under the header")
-    col = header.index(label)
-    names = list(classes) if classes is not None else label_names(str(file), label)
-    x = np.empty((len(rows), len(header) - 1), dtype=np.float64)
-    y = np.empty(len(rows), dtype=np.int64)
-    missing = np.zeros(x.shape, dtype=bool)
+    col = header.index(label) if label is not None else None
+    names = None
+    if label is not None:
+        names = list(classes) if classes is not None else label_names(str(file), label)
     features = [name for i, name in enumerate(header) if i != col]
+    x = np.empty((len(rows), len(features)), dtype=np.float64)
+    y = np.zeros(len(rows), dtype=np.int64)
+    missing = np.zeros(x.shape, dtype=bool)
     for r, row in enumerate(rows):
         where = f"{file}: row {r + 1} (line {r + 2})"
         if len(row) != len(header):
             raise DataError(f"{where} has {len(row)} cells; the header has {len(header)}")
         cells = [v.strip() for v in row]
-        y[r] = _class_of(cells[col], names, f"{where}, column {label!r}")
-        for j, value in enumerate(cells[:col] + cells[col + 1 :]):
+        if col is not None:
+            y[r] = _class_of(cells.pop(col), names, f"{where}, column {label!r}")
+        for j, value in enumerate(cells):
             if value == "":
                 if fill_missing is None:
                     raise DataError(

@@ -188,16 +188,16 @@ def _privacy_plan(
         mechanism = _secure_aggregation(cfg, cohort)
         name = f"{name}+{cfg.secure_aggregation}"
     if cfg.dp is not None:
-        _warn_if_noise_drowns_the_mean(cfg.dp, _DP.of(cfg, population), cohort, dim)
-    if cfg.dp == "central":
-        central, privacy = _central_dp(cfg, _DP.of(cfg, population), cohort, population, amplified)
-        links.append(central)
-        name = f"dp-{strategy.name}"
-    elif cfg.dp == "distributed" and mechanism is not None:
         dp = _DP.of(cfg, population)
-        distributed, privacy = _distributed_dp(cfg, dp, mechanism, cohort, dim)
-        links.append(distributed)
-        name = f"ddp-{name}"
+        _warn_if_noise_drowns_the_mean(cfg.dp, dp, cohort, dim)
+        if cfg.dp == "central":
+            central, privacy = _central_dp(cfg, dp, cohort, population, amplified)
+            links.append(central)
+            name = f"dp-{strategy.name}"
+        elif mechanism is not None:  # distributed DP: the settings check it has secure agg
+            distributed, privacy = _distributed_dp(cfg, dp, mechanism, cohort, dim)
+            links.append(distributed)
+            name = f"ddp-{name}"
     elif mechanism is not None:
         links.append(_fixed_point(cfg, cohort))
     composed = compose(strategy, links, mechanism, name=name)

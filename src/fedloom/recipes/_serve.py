@@ -153,12 +153,11 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                         f"{db} already holds run {existing.run_id}; use --resume to continue "
                         "it, or a new --out folder"
                     )
-        test, input_shape, classes = _test_set(cfg, net)
+        test, input_shape, classes, names = _test_set(cfg, net)
         model = model_description(cfg, input_shape, classes)
         model["built_from"] = net.test_data or (
             f"--features {net.features}" if net.features else cfg.dataset
         )
-        names = label_names(net.test_data, net.label) if net.test_data else None
         if names is not None:
             model["labels"] = names  # a client maps its label names onto these classes
         trainer = load_trainer(net.trainer) if net.trainer else _trainer(model)
@@ -245,10 +244,10 @@ def _check_times(net: ServeSettings) -> None:
 
 def _test_set(
     cfg: SimulationConfig, net: ServeSettings
-) -> tuple[ArrayData | None, tuple[int, ...], int]:
-    """The server's test set and the model's input shape and classes: from ``--test-data``,
-    from ``--features`` and ``--classes`` (no test set of its own), else from the settings'
-    dataset (its central test split)."""
+) -> tuple[ArrayData | None, tuple[int, ...], int, list[str] | None]:
+    """The server's test set, the model's input shape and classes, and the classes' label
+    names (a CSV's, or ``None``): from ``--test-data``, from ``--features`` and ``--classes``
+    (no test set of its own), else from the settings' dataset (its central test split)."""
     if net.features is not None:
         if net.test_data is not None:
             raise ConfigError("give --test-data FILE or --features N, not both")
@@ -257,7 +256,7 @@ def _test_set(
                 f"--features {net.features} needs at least 1 feature and --classes K, K >= 2, "
                 f"got --classes {net.classes}"
             )
-        return None, (net.features,), net.classes
+        return None, (net.features,), net.classes, None
     if net.test_data is None:
         ds = load_dataset(
             cfg.dataset,
@@ -266,20 +265,20 @@ def _test_set(
             seed=cfg.seed,
             test_fraction=cfg.test_fraction,
         )
-        return ds.test, ds.input_shape, ds.num_classes
+        return ds.test, ds.input_shape, ds.num_classes, None
     names = label_names(net.test_data, net.label)
     test = load_client_data(net.test_data, net.label, classes=names, fill_missing=net.fill_missing)
     if len(test) == 0:
         raise DataError(f"--test-data {net.test_data} holds no examples")
     if names is not None:
-        return test, tuple(test.x.shape[1:]), len(names)
+        return test, tuple(test.x.shape[1:]), len(names), names
     classes = net.classes if net.classes is not None else int(test.y.max()) + 1
     if classes < 2 or int(test.y.min()) < 0 or int(test.y.max()) >= classes:
         raise DataError(
             f"--test-data {net.test_data}: labels must be 0 to {classes - 1} (give --classes K "
             f"for K classes); found {int(test.y.min())} to {int(test.y.max())}"
         )
-    return test, tuple(test.x.shape[1:]), classes
+    return test, tuple(test.x.shape[1:]), classes, None
 
 
 def _evaluate_on(trainer: Trainer, data: ArrayData, parameters: Vector) -> EvalResult:

@@ -133,27 +133,19 @@ def predict(
 
 
 def _examples(data: str, label: str, names: Any) -> tuple[np.ndarray, npt.NDArray[np.int64] | None]:
+    """The examples of ``data``, and their classes when it has them (a CSV may hold features
+    alone)."""
     path = Path(data)
+    labelled = True
     if path.suffix == ".csv" and path.is_file():
-        with path.open(newline="") as handle:
-            header = next(csv.reader(handle), [])
-        if label not in header:  # features alone
-            return _features_only(path, header), None
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                labelled = label in next(csv.reader(handle), [])
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{path} cannot be read as a UTF-8 CSV: {exc}") from None
     classes = names if isinstance(names, list) else None
-    table: ArrayData = load_client_data(data, label, classes=classes)
-    return table.x, table.y
-
-
-def _features_only(path: Path, header: list[str]) -> np.ndarray:
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))[1:]
-        values = np.array([[float(v) for v in row] for row in rows], dtype=np.float64)
-    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
-        raise DataError(f"{path}: not a table of numbers under columns {header}: {exc}") from None
-    if values.ndim != 2 or not np.isfinite(values).all():
-        raise DataError(f"{path}: rows of different lengths, or cells that are not finite")
-    return values
+    table: ArrayData = load_client_data(data, label if labelled else None, classes=classes)
+    return table.x, table.y if labelled else None
 
 
 def export(run_dir: str | Path, out: str | Path | None = None) -> Path:

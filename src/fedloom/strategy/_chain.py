@@ -116,8 +116,9 @@ class Chain:
 
     @property
     def requirement(self) -> str | None:
+        need = self.min_contributors
         for link in self.links:
-            if int(getattr(link, "min_contributors", 0)) == self.min_contributors > 0:
+            if need and int(getattr(link, "min_contributors", 0)) == need:
                 return str(getattr(link, "requirement", "") or "") or None
         return None
 
