@@ -169,11 +169,34 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
     )
     cond.add_argument("--attack-scale", type=float, help="the attack's k (its default if unset)")
     sim.add_argument("--stop-at-accuracy", type=float, help="end the run once accuracy reaches it")
+    par = sim.add_argument_group("scale")
+    par.add_argument(
+        "--workers",
+        type=_workers,
+        help="train each round's clients on N worker processes, or auto: one per core (1)",
+    )
+    par.add_argument(
+        "--central-test-rows",
+        type=int,
+        help="most rows of a generated population's central test set (10000)",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     if simulation:
         sim.add_argument(
             "--overwrite", action="store_true", help="replace the run already in --out"
         )
+
+
+def _workers(text: str) -> int | str:
+    """``--workers``: a whole number, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of processes or auto, got {text!r}"
+        ) from None
 
 
 def _common_tail(sim: argparse.ArgumentParser) -> None:

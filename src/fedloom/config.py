@@ -83,6 +83,9 @@ class SimulationConfig:
     local_test_fraction, test_fraction
         Each client's local test share (federated evaluation runs when it is above 0) and the
         central test share for datasets without a natural split.
+    central_test_rows
+        The most rows of a generated population's central test set (``synthetic``: the local
+        test rows of clients 0, 1, 2, ... until this many).
     min_clients
         A round fails unless at least this many clients send acceptable updates.
     stop_at_accuracy
@@ -111,6 +114,9 @@ secagg_weight_bound
         clipped to L2 norm ``local_dp_clip`` (1.0) and Gaussian noise of ``local_dp_noise``
         times it added to each Poisson-sampled batch; each client reports its own epsilon at
         ``local_dp_delta`` (1e-5, below 1/n for a client of n examples). PyTorch models only.
+    workers
+        Simulation only: train each round's clients on this many worker processes (``"auto"``:
+        one per core this process may use); the model is the same as with 1.
     out
         Folder for ``history.json``, ``model.npz`` and ``config.toml``; ``None`` writes nothing.
     """
@@ -144,6 +150,7 @@ secagg_weight_bound
     seed: int = 0
     local_test_fraction: float = 0.0
     test_fraction: float = 0.2
+    central_test_rows: int = 10_000
     min_clients: int = 1
     stop_at_accuracy: float | None = None
     secure_aggregation: str | None = None
@@ -165,9 +172,12 @@ secagg_weight_bound
     local_dp_noise: float | None = None
     local_dp_clip: float | None = None
     local_dp_delta: float | None = None
+    workers: int = 1
     out: str | None = None
 
     def __post_init__(self) -> None:
+        if self.workers == "auto":  # type: ignore[comparison-overlap]  # from TOML or the CLI
+            object.__setattr__(self, "workers", available_cores())
         _check_types(self)
         positive = {
             "rounds": self.rounds,
@@ -234,6 +244,12 @@ secagg_weight_bound
             )
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        if self.central_test_rows < 1:
+            raise ConfigError(
+                f"--central-test-rows must be at least 1, got {self.central_test_rows}"
+            )
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, or auto, got {self.workers}")
 
     def client_config(self) -> dict[str, float | int]:
         """The settings sent to every client each round: the seed and any local SGD setting."""
@@ -399,3 +415,11 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"config file {path}: " + _unknown_message(unknown))
     return settings
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    sched = getattr(os, "sched_getaffinity", None)
+    if sched is not None:
+        return max(1, len(sched(0)))
+    return max(1, os.cpu_count() or 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -161,6 +161,21 @@ class TorchTrainer:
     @property
     def spec(self) -> ParamSpec:
         return self._spec
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles without the ``torch`` module (workers re-import it); ``model_fn`` and
+        ``loss_fn`` must themselves be picklable."""
+        state = dict(self.__dict__)
+        del state["_torch"], state["_tensors"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import torch
+
+        self.__dict__.update(state)
+        self._torch = torch
+        model_state = self._model.state_dict()
+        self._tensors = [model_state[k] for k in self._spec.names]
 
     @property
     def model(self) -> nn.Module:

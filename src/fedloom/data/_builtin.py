@@ -11,7 +11,7 @@ import numpy as np
 from fedloom.data._types import ArrayData
 from fedloom.errors import ConfigError
 
-__all__ = ["SKLEARN_DATASETS", "load_sklearn", "synthetic"]
+__all__ = ["SKLEARN_DATASETS", "SyntheticPopulation", "load_sklearn", "synthetic"]
 
 # name -> (num_classes, input_shape)
 SKLEARN_DATASETS: dict[str, tuple[int, tuple[int, ...]]] = {
@@ -22,6 +22,7 @@ SKLEARN_DATASETS: dict[str, tuple[int, tuple[int, ...]]] = {
 
 SYNTHETIC_DIM = 60
 SYNTHETIC_CLASSES = 10
+_FEATURE_STD = np.sqrt(np.arange(1, SYNTHETIC_DIM + 1, dtype=np.float64) ** -1.2)
 
 
 def _bundled_digits() -> ArrayData | None:
@@ -74,6 +75,8 @@ def synthetic(
     Follows the paper's generator (``data/synthetic_*/generate_synthetic.py`` in
     litian96/FedProx) with ``numpy.random.default_rng(seed)`` in place of the global RNG:
 
+    - Device ``k``'s own draws come from the ``k``-th child of ``SeedSequence(seed)``
+      (:class:`SyntheticPopulation`), so one device can be made without the others.
     - 60 features, 10 classes; device ``k`` has ``int(lognormal(4, 2)) + 50`` samples. The
       lognormal tail is heavy: a device can hold tens of thousands of samples; nothing is capped.
     - ``u_k ~ N(0, alpha**2)`` and ``B_k ~ N(0, beta**2)`` (alpha and beta are standard
@@ -122,40 +125,69 @@ def generate_synthetic(
     alpha: float, beta: float, num_devices: int, seed: int, iid: bool
 ) -> list[SyntheticDevice]:
     """Like :func:`synthetic`, returning each device's generating parameters too."""
-    for what, value in (("alpha", alpha), ("beta", beta)):
-        if not (np.isfinite(value) and value >= 0):
-            raise ConfigError(f"synthetic {what} must be a number >= 0, got {value}")
-    if num_devices < 1:
-        raise ConfigError(f"synthetic needs at least 1 device, got {num_devices}")
-    rng = np.random.default_rng(seed)
-    sizes = rng.lognormal(4, 2, num_devices).astype(np.int64) + 50
-    feature_std = np.sqrt(np.arange(1, SYNTHETIC_DIM + 1, dtype=np.float64) ** -1.2)
-    shape = (SYNTHETIC_DIM, SYNTHETIC_CLASSES)
-    if iid:
-        model_means = np.zeros(num_devices)
-        feature_means = np.zeros((num_devices, SYNTHETIC_DIM))
-        shared_w = rng.normal(0.0, 1.0, shape)
-        shared_b = rng.normal(0.0, 1.0, SYNTHETIC_CLASSES)
-    else:
+    population = SyntheticPopulation.draw(alpha, beta, num_devices, seed, iid)
+    return [population.device(k) for k in range(num_devices)]
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticPopulation:
+    """The population-wide draws of Synthetic(alpha, beta); each device is made on demand.
+
+    ``default_rng(seed)`` draws, in this order, every device's size, then ``u_k`` and ``B_k``
+    for every device (or, for the IID variant, the shared ``W`` and ``b``): a few numbers per
+    device, so a million devices cost about 24 MB. Device ``k``'s own draws (``W_k``, ``b_k``,
+    ``v_k`` and its rows) come from the ``k``-th child of ``SeedSequence(seed)``, so any device
+    can be made alone, in any order, always the same.
+    """
+
+    seed: int
+    iid: bool
+    sizes: np.ndarray
+    model_means: np.ndarray
+    device_shift: np.ndarray
+    shared_w: np.ndarray | None
+    shared_b: np.ndarray | None
+
+    @classmethod
+    def draw(
+        cls, alpha: float, beta: float, num_devices: int, seed: int, iid: bool
+    ) -> SyntheticPopulation:
+        for what, value in (("alpha", alpha), ("beta", beta)):
+            if not (np.isfinite(value) and value >= 0):
+                raise ConfigError(f"synthetic {what} must be a number >= 0, got {value}")
+        if num_devices < 1:
+            raise ConfigError(f"synthetic needs at least 1 device, got {num_devices}")
+        rng = np.random.default_rng(seed)
+        sizes = rng.lognormal(4, 2, num_devices).astype(np.int64) + 50
+        if iid:
+            zeros = np.zeros(num_devices)
+            shape = (SYNTHETIC_DIM, SYNTHETIC_CLASSES)
+            shared_w = rng.normal(0.0, 1.0, shape)
+            shared_b = rng.normal(0.0, 1.0, SYNTHETIC_CLASSES)
+            return cls(seed, True, sizes, zeros, zeros, shared_w, shared_b)
         model_means = rng.normal(0.0, alpha, num_devices)
         device_shift = rng.normal(0.0, beta, num_devices)
-        feature_means = rng.normal(device_shift[:, None], 1.0, (num_devices, SYNTHETIC_DIM))
-    devices = []
-    for k in range(num_devices):
-        if iid:
-            w, b = shared_w, shared_b
+        return cls(seed, False, sizes, model_means, device_shift, None, None)
+
+    def device(self, k: int) -> SyntheticDevice:
+        """Device ``k``, made from its own seed."""
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(k,)))
+        shape = (SYNTHETIC_DIM, SYNTHETIC_CLASSES)
+        if self.shared_w is not None and self.shared_b is not None:
+            w, b = self.shared_w, self.shared_b
+            feature_mean = np.zeros(SYNTHETIC_DIM)
         else:
-            w = rng.normal(model_means[k], 1.0, shape)
-            b = rng.normal(model_means[k], 1.0, SYNTHETIC_CLASSES)
-        x = feature_means[k] + rng.standard_normal((int(sizes[k]), SYNTHETIC_DIM)) * feature_std
+            u = self.model_means[k]
+            w = rng.normal(u, 1.0, shape)
+            b = rng.normal(u, 1.0, SYNTHETIC_CLASSES)
+            feature_mean = rng.normal(self.device_shift[k], 1.0, SYNTHETIC_DIM)
+        n = int(self.sizes[k])
+        x = feature_mean + rng.standard_normal((n, SYNTHETIC_DIM)) * _FEATURE_STD
         y = np.argmax(x @ w + b, axis=1)  # softmax is monotonic: same argmax
-        devices.append(
-            SyntheticDevice(
-                data=ArrayData(x, y),
-                weights=w,
-                bias=b,
-                feature_mean=feature_means[k],
-                model_mean=float(model_means[k]),
-            )
+        return SyntheticDevice(
+            data=ArrayData(x, y),
+            weights=w,
+            bias=b,
+            feature_mean=feature_mean,
+            model_mean=float(self.model_means[k]),
         )
-    return devices

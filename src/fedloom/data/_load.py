@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedloom.data._builtin import SKLEARN_DATASETS, load_sklearn, synthetic
+from fedloom.data._builtin import (
+    SKLEARN_DATASETS,
+    SYNTHETIC_CLASSES,
+    SYNTHETIC_DIM,
+    SyntheticPopulation,
+    load_sklearn,
+)
 from fedloom.data._files import (
     find_mnist_files,
     impute_and_standardise,
@@ -22,7 +28,7 @@ from fedloom.data._partition import (
     check_fraction,
     partition_indices,
 )
-from fedloom.data._types import ArrayData, FederatedDataset
+from fedloom.data._types import ArrayData, ClientData, FederatedDataset
 from fedloom.errors import ConfigError, DataError
 
 __all__ = ["DATASETS", "from_arrays", "load_dataset"]
@@ -52,6 +58,7 @@ def load_dataset(
     seed: int = 0,
     local_test_fraction: float = 0.0,
     test_fraction: float = 0.2,
+    central_test_rows: int = 10_000,
 ) -> FederatedDataset:
     """Load a dataset by spec and split it over clients.
 
@@ -70,7 +77,10 @@ def load_dataset(
 
     - ``synthetic:ALPHA,BETA`` / ``synthetic:iid`` (:func:`synthetic`): ``num_clients`` sets
       the number of devices (default 30); each device keeps a seeded 90% for training and 10%
-      as its local test. ``test_fraction`` is unused.
+      as its local test. Devices are generated when a round samples them, never all at once,
+      so a million of them cost a few numbers each; the central test set is the local test
+      rows of devices 0, 1, 2, ... until ``central_test_rows`` of them. ``test_fraction`` is
+      unused.
     - ``heart:PATH`` (UCI Heart Disease, :func:`load_heart_disease`): 4 hospitals; each holds
       out a seeded ``ceil(test_fraction * rows)`` as its local test. Missing values are filled
       and features standardised with statistics of all hospitals' training rows.
@@ -97,6 +107,8 @@ def load_dataset(
         tests. Only for datasets without a natural split (others raise ConfigError unless 0).
     test_fraction
         In [0, 1): share of rows held out for the central test set (see above).
+    central_test_rows
+        At least 1: the most rows of a generated population's central test set (see above).
 
     Returns
     -------
@@ -117,6 +129,8 @@ def load_dataset(
     """
     check_fraction("local_test_fraction", local_test_fraction)
     check_fraction("test_fraction", test_fraction)
+    if central_test_rows < 1:
+        raise ConfigError(f"central_test_rows must be at least 1, got {central_test_rows}")
     name, _, arg = spec.partition(":")
     if name in SKLEARN_DATASETS and not arg:
         central = _sklearn(name, test_fraction, seed)
@@ -124,8 +138,9 @@ def load_dataset(
         central = _mnist(arg, test_fraction, seed)
     else:
         return _natural_dataset(
-            spec, num_clients, partition, seed, local_test_fraction, test_fraction
-        )
+            spec, num_clients, partition, seed, local_test_fraction, test_fraction,
+            central_test_rows,
+        )  # fmt: skip
     return _partitioned(spec, central, num_clients, partition, seed, local_test_fraction)
 
 
@@ -136,6 +151,7 @@ def _natural_dataset(
     seed: int,
     local_test_fraction: float,
     test_fraction: float,
+    central_test_rows: int,
 ) -> FederatedDataset:
     name, _, arg = spec.partition(":")
     if name in ("synthetic", "heart", "leaf") and arg:
@@ -150,7 +166,7 @@ def _natural_dataset(
                 "test splits; leave it at 0"
             )
         if name == "synthetic":
-            return _synthetic(spec, arg, num_clients, seed)
+            return _synthetic(spec, arg, num_clients, seed, central_test_rows)
         if name == "heart":
             return _heart(spec, arg, num_clients, test_fraction, seed)
         return _leaf(spec, arg, num_clients)
@@ -351,7 +367,9 @@ def _natural(
     )
 
 
-def _synthetic(spec: str, arg: str, num_clients: int | None, seed: int) -> FederatedDataset:
+def _synthetic(
+    spec: str, arg: str, num_clients: int | None, seed: int, test_rows: int
+) -> FederatedDataset:
     iid = arg == "iid"
     alpha = beta = 0.0
     if not iid:
@@ -362,20 +380,52 @@ def _synthetic(spec: str, arg: str, num_clients: int | None, seed: int) -> Feder
                 f"bad synthetic spec {spec!r}; use synthetic:ALPHA,BETA (e.g. synthetic:1,1) "
                 "or synthetic:iid"
             ) from None
-    devices = synthetic(
-        alpha,
-        beta,
-        num_devices=SYNTHETIC_DEVICES if num_clients is None else num_clients,
-        seed=seed,
-        iid=iid,
+    devices = SYNTHETIC_DEVICES if num_clients is None else num_clients
+    make = SyntheticClients(SyntheticPopulation.draw(alpha, beta, devices, seed, iid), seed)
+    sizes = _train_rows(make.population.sizes)
+    return FederatedDataset.from_function(
+        devices,
+        make,
+        test=central_test(make, devices, test_rows),
+        num_classes=SYNTHETIC_CLASSES,
+        input_shape=(SYNTHETIC_DIM,),
+        sizes=sizes,
+        name=spec,
     )
-    train, test = [], []
-    for k, device in enumerate(devices):
-        order = np.random.default_rng([seed, k]).permutation(len(device))
-        n_train = int(SYNTHETIC_TRAIN_SHARE * len(device))
-        train.append(device.subset(order[:n_train]))
-        test.append(device.subset(order[n_train:]))
-    return _natural(spec, train, test, None, 10, (60,))
+
+
+def _train_rows(rows: np.ndarray) -> np.ndarray:
+    return (SYNTHETIC_TRAIN_SHARE * rows).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticClients:
+    """Synthetic device ``k`` as a client: a seeded 90% of its rows for training (the order
+    from ``default_rng([seed, k])``), the rest as its local test."""
+
+    population: SyntheticPopulation
+    seed: int
+
+    def __call__(self, k: int) -> ClientData:
+        device = self.population.device(k).data
+        order = np.random.default_rng([self.seed, k]).permutation(len(device))
+        n_train = int(_train_rows(np.array([len(device)]))[0])
+        return ClientData(device.subset(order[:n_train]), device.subset(order[n_train:]))
+
+
+def central_test(make: Callable[[int], ClientData], num_clients: int, rows: int) -> ArrayData:
+    """The local test rows of clients 0, 1, 2, ... in turn, until ``rows`` of them (the last
+    client's cut short): a bounded sample of a population whose clients are alike a priori."""
+    parts: list[ArrayData] = []
+    have = 0
+    for k in range(num_clients):
+        if have >= rows:
+            break
+        local = make(k).test
+        take = min(len(local), rows - have)
+        parts.append(local.subset(np.arange(take)))
+        have += take
+    return ArrayData(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
 
 
 def _heart(

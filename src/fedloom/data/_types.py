@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,11 +65,18 @@ class ClientData:
 
 
 class FederatedDataset:
-    """A dataset split over clients, plus a central test set for server-side evaluation.
+    """A population of clients, each with its own data, plus a central test set.
 
-    Lazy: the rows of every client live once in shared arrays; :meth:`client` slices out one
-    client's rows on demand. Build one with :func:`fedloom.data.load_dataset` or
-    :func:`fedloom.data.from_arrays` rather than calling this constructor.
+    A client's data is made when :meth:`client` asks for it and is not kept: a run holds only
+    the clients it is training at the moment, so its memory depends on the cohort, not on the
+    population. Two kinds of population exist:
+
+    - *pooled*: the rows of every client live once in shared arrays and each client is a pair
+      of index arrays into them (what :func:`fedloom.data.load_dataset` and
+      :func:`fedloom.data.from_arrays` build; the constructor below);
+    - *generated*: a function of the client index makes each client's data on demand
+      (:meth:`from_function`; ``synthetic:ALPHA,BETA`` is one), so a million clients cost
+      nothing until they are sampled.
 
     Parameters
     ----------
@@ -93,7 +100,15 @@ class FederatedDataset:
         If the parts disagree (index out of the pool, shape mismatch).
     """
 
-    __slots__ = ("_input_shape", "_local_test", "_name", "_num_classes", "_pool", "_test", "_train")
+    __slots__ = (
+        "_input_shape",
+        "_make",
+        "_name",
+        "_num_classes",
+        "_num_clients",
+        "_sizes",
+        "_test",
+    )
 
     def __init__(
         self,
@@ -112,22 +127,108 @@ class FederatedDataset:
                 f"{len(train_indices)} train index arrays but {len(local_test_indices)} "
                 "local test index arrays; give one of each per client"
             )
-        width = pool.x.shape[1]
+        for idx in [*train_indices, *local_test_indices]:
+            if idx.size and (idx.min() < 0 or idx.max() >= len(pool)):
+                raise DataError(f"client index out of the pool of {len(pool)} rows")
+        source = _Pooled(
+            pool,
+            [np.asarray(i, dtype=np.int64) for i in train_indices],
+            [np.asarray(i, dtype=np.int64) for i in local_test_indices],
+        )
+        sizes = np.array([len(i) for i in source.train], dtype=np.int64)
+        self._setup(
+            name, num_classes, input_shape, len(sizes), source, test, sizes, pool.x.shape[1]
+        )
+
+    @classmethod
+    def from_function(
+        cls,
+        num_clients: int,
+        make_client: Callable[[int], ClientData],
+        *,
+        test: ArrayData,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        sizes: np.ndarray | None = None,
+        name: str = "function",
+    ) -> FederatedDataset:
+        """A population whose clients are made on demand by ``make_client(index)``.
+
+        ``make_client`` must return the same data for the same index every time (derive any
+        randomness from the index, e.g. ``numpy.random.default_rng([seed, index])``); it is
+        called when a client is sampled and its result is dropped after the client's turn. To
+        run on worker processes (``workers=``), it must be picklable: a module-level function,
+        a ``functools.partial`` of one, or an instance of a module-level class.
+
+        Parameters
+        ----------
+        num_clients
+            The size of the population, at least 1; clients are numbered from 0.
+        make_client
+            Index -> that client's :class:`ClientData`.
+        test
+            The central test set (keep it a bounded sample: it is held in memory).
+        num_classes, input_shape
+            As for the constructor.
+        sizes
+            Optional training-row count of every client (int array of length
+            ``num_clients``); only :meth:`client_sizes` needs it.
+        name
+            The dataset's name.
+
+        Raises
+        ------
+        ConfigError
+            If ``num_clients`` < 1 or ``sizes`` has the wrong length.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> def make(i: int) -> ClientData:
+        ...     rng = np.random.default_rng([7, i])
+        ...     x = rng.normal(size=(5, 3))
+        ...     data = ArrayData(x, (x[:, 0] > 0).astype(int))
+        ...     return ClientData(data, data.subset(np.arange(0)))
+        >>> ds = FederatedDataset.from_function(
+        ...     10**6, make, test=make(0).train, num_classes=2, input_shape=(3,))
+        >>> ds.num_clients, len(ds.client(999_999).train)
+        (1000000, 5)
+        """
+        if num_clients < 1:
+            raise ConfigError(f"a population needs at least 1 client, got {num_clients}")
+        if sizes is not None:
+            sizes = np.asarray(sizes, dtype=np.int64)
+            if sizes.shape != (num_clients,):
+                raise ConfigError(
+                    f"sizes has shape {sizes.shape}; give one row count per client ({num_clients})"
+                )
+        width = int(np.prod(input_shape))
+        self = cls.__new__(cls)
+        self._setup(name, num_classes, input_shape, num_clients, make_client, test, sizes, width)
+        return self
+
+    def _setup(
+        self,
+        name: str,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        num_clients: int,
+        make: Callable[[int], ClientData],
+        test: ArrayData,
+        sizes: np.ndarray | None,
+        width: int,
+    ) -> None:
         if int(np.prod(input_shape)) != width or test.x.shape[1] != width:
             raise DataError(
                 f"input_shape {input_shape} and test width {test.x.shape[1]} must both match "
                 f"the {width} feature columns"
             )
-        parts = [*train_indices, *local_test_indices]
-        for idx in parts:
-            if idx.size and (idx.min() < 0 or idx.max() >= len(pool)):
-                raise DataError(f"client index out of the pool of {len(pool)} rows")
         self._name = name
         self._num_classes = int(num_classes)
         self._input_shape = tuple(int(s) for s in input_shape)
-        self._pool = pool
-        self._train = [np.asarray(i, dtype=np.int64) for i in train_indices]
-        self._local_test = [np.asarray(i, dtype=np.int64) for i in local_test_indices]
+        self._num_clients = int(num_clients)
+        self._make = make
+        self._sizes = sizes
         self._test = test
 
     @property
@@ -153,33 +254,67 @@ class FederatedDataset:
     @property
     def num_clients(self) -> int:
         """Number of clients."""
-        return len(self._train)
+        return self._num_clients
 
     def client(self, index: int) -> ClientData:
-        """Return client ``index``'s train rows and local test rows.
+        """Return client ``index``'s train rows and local test rows (made now, not kept).
 
         Raises
         ------
         ConfigError
             If ``index`` is not in ``0 .. num_clients - 1``.
+        DataError
+            If a generated client's features do not have the dataset's width.
         """
-        if not 0 <= index < self.num_clients:
+        if not 0 <= index < self._num_clients:
             raise ConfigError(
-                f"client index {index} out of range; this dataset has {self.num_clients} "
-                f"clients, numbered 0 to {self.num_clients - 1}"
+                f"client index {index} out of range; this dataset has {self._num_clients} "
+                f"clients, numbered 0 to {self._num_clients - 1}"
             )
-        return ClientData(
-            train=self._pool.subset(self._train[index]),
-            test=self._pool.subset(self._local_test[index]),
-        )
+        data = self._make(index)
+        width = self._test.x.shape[1]
+        for part in (data.train, data.test):
+            if part.x.shape[1] != width:
+                raise DataError(
+                    f"client {index} of {self._name} has {part.x.shape[1]} feature columns; "
+                    f"the dataset has {width}"
+                )
+        return data
 
     def client_sizes(self) -> np.ndarray:
-        """Number of training rows of each client, as an int64 array."""
-        return np.array([len(i) for i in self._train], dtype=np.int64)
+        """Number of training rows of each client, as an int64 array.
+
+        Raises
+        ------
+        ConfigError
+            For a generated population made without ``sizes``.
+        """
+        if self._sizes is None:
+            raise ConfigError(
+                f"{self._name} does not know its clients' sizes without making every client; "
+                "pass sizes= to FederatedDataset.from_function"
+            )
+        return self._sizes
 
     def __repr__(self) -> str:
+        rows = int(self._sizes.sum()) if self._sizes is not None else "unknown"
         return (
             f"FederatedDataset(name={self._name!r}, num_clients={self.num_clients}, "
             f"num_classes={self._num_classes}, input_shape={self._input_shape}, "
-            f"train_rows={int(self.client_sizes().sum())}, test_rows={len(self._test)})"
+            f"train_rows={rows}, test_rows={len(self._test)})"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class _Pooled:
+    """Clients as index arrays into one shared pool of rows."""
+
+    pool: ArrayData
+    train: list[np.ndarray]
+    local_test: list[np.ndarray]
+
+    def __call__(self, index: int) -> ClientData:
+        return ClientData(
+            train=self.pool.subset(self.train[index]),
+            test=self.pool.subset(self.local_test[index]),
         )

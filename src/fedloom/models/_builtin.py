@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -85,13 +86,13 @@ def make_trainer(
         ) from None
     if model == "mlp":
         return TorchTrainer(
-            lambda: mlp(input_dim, num_classes),
+            functools.partial(mlp, input_dim, num_classes),
             lr=lr, momentum=momentum, local_epochs=local_epochs, batch_size=batch_size,
         )  # fmt: skip
     image_shape = input_shape
     cnn(image_shape, num_classes)  # validates the shape before the trainer builds it
     return TorchTrainer(
-        lambda: cnn(image_shape, num_classes),
+        functools.partial(cnn, image_shape, num_classes),
         input_shape=image_shape,
         lr=lr, momentum=momentum, local_epochs=local_epochs, batch_size=batch_size,
     )  # fmt: skip

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,8 +29,21 @@ from fedloom.privacy import LocalDP, RunPrivacy
 from fedloom.recipes._plan import RunPlan, local_sgd, plan
 from fedloom.recipes._use import check_out_dir, write_model_file
 from fedloom.server import Fleet, RunResult, run_rounds
-from fedloom.simulation import Attack, InProcessFleet, SimulatedConditions, attack_mod
-from fedloom.strategy import Strategy, required_updates, requirement, round_half_up
+from fedloom.simulation import (
+    Attack,
+    InProcessFleet,
+    SimulatedConditions,
+    WorkerLaunch,
+    WorkerPool,
+    attack_mod,
+)
+from fedloom.strategy import (
+    NumberedClients,
+    Strategy,
+    required_updates,
+    requirement,
+    round_half_up,
+)
 from fedloom.tracking import History, ProgressBar
 
 __all__ = ["builtin_dataset", "builtin_trainer", "conditions_for", "simulate", "stopper"]
@@ -44,6 +58,7 @@ def builtin_dataset(cfg: SimulationConfig) -> FederatedDataset:
         seed=cfg.seed,
         local_test_fraction=cfg.local_test_fraction,
         test_fraction=cfg.test_fraction,
+        central_test_rows=cfg.central_test_rows,
     )
 
 
@@ -64,31 +79,66 @@ def builtin_trainer(cfg: SimulationConfig, ds: FederatedDataset) -> Trainer:
 def client_mods(run: RunPlan, ds: FederatedDataset) -> tuple[tuple[Mod, ...], dict[str, Any]]:
     """The simulated clients' mods, with the settings' attack inside secure aggregation's (so
     that a malicious client masks its poisoned update), and the run facts the attack adds."""
-    cfg = run.config
-    if cfg.attack is None:
+    side = _ClientSide.of(run, ds)
+    info = {"attack": run.config.attack, "malicious_clients": list(side.malicious)}
+    return side.mods(ds.num_classes), info if side.attack is not None else {}
+
+
+@dataclass(frozen=True)
+class _ClientSide:
+    """What builds the simulated clients, picklable so a worker process can build its own:
+    the settings, the attack and its victims (chosen once, by the driver), and the user's own
+    dataset and trainer when they brought them."""
+
+    config: SimulationConfig
+    cohort: int
+    attack: Attack | None
+    malicious: tuple[str, ...]
+    dataset: FederatedDataset | None = None
+    trainer: Trainer | None = None
+
+    @classmethod
+    def of(cls, run: RunPlan, ds: FederatedDataset) -> _ClientSide:
+        cfg = run.config
+        if cfg.attack is None:
+            if cfg.attack_scale is not None:
+                raise ConfigError("--attack-scale needs --attack KIND:FRACTION")
+            return cls(cfg, run.cohort, None, ())
+        attack = Attack.parse(cfg.attack)
         if cfg.attack_scale is not None:
-            raise ConfigError("--attack-scale needs --attack KIND:FRACTION")
-        return DEFAULT_MODS, {}
-    attack = Attack.parse(cfg.attack)
-    if cfg.attack_scale is not None:
-        attack = dataclasses.replace(attack, scale=cfg.attack_scale)
-    ids = [str(i) for i in range(ds.num_clients)]
-    malicious = attack.choose(ids, cfg.seed)
-    poisoned = attack_mod(attack, malicious, num_classes=ds.num_classes, cohort_size=run.cohort)
-    mods = tuple(m for m in DEFAULT_MODS if m is not secagg_mod)
-    return (secagg_mod, poisoned, *mods), {
-        "attack": cfg.attack,
-        "malicious_clients": list(malicious),
-    }
+            attack = dataclasses.replace(attack, scale=cfg.attack_scale)
+        return cls(
+            cfg, run.cohort, attack, attack.choose(NumberedClients(ds.num_clients), cfg.seed)
+        )
+
+    def mods(self, num_classes: int) -> tuple[Mod, ...]:
+        if self.attack is None:
+            return DEFAULT_MODS
+        poisoned = attack_mod(
+            self.attack, self.malicious, num_classes=num_classes, cohort_size=self.cohort
+        )
+        rest = tuple(m for m in DEFAULT_MODS if m is not secagg_mod)
+        return (secagg_mod, poisoned, *rest)
+
+    def __call__(self) -> tuple[FederatedDataset, Trainer, ClientApp]:
+        """Build the population, trainer and client runtime (in a worker process)."""
+        ds = self.dataset if self.dataset is not None else builtin_dataset(self.config)
+        trainer = self.trainer if self.trainer is not None else builtin_trainer(self.config, ds)
+        return ds, trainer, ClientApp(mods=self.mods(ds.num_classes))
 
 
 def _fleet(
-    run: RunPlan, ds: FederatedDataset, trainer: Trainer, *, custom_trainer: bool
+    run: RunPlan,
+    ds: FederatedDataset,
+    trainer: Trainer,
+    *,
+    given: tuple[FederatedDataset | None, Trainer | None],
+    launch: WorkerLaunch | None,
 ) -> tuple[Fleet, dict[str, Any]]:
-    """The in-process fleet, with attackers, dropout and stragglers as the settings ask."""
+    """The in-process fleet (or the worker pool), with attackers, dropout and stragglers as the
+    settings ask."""
     cfg, strategy, cohort = run.config, run.strategy, run.cohort
     mods, info = client_mods(run, ds)
-    fleet: Fleet = InProcessFleet(ds, trainer, app=ClientApp(mods=mods))
     policy = cfg.straggler_policy or strategy.straggler_policy
     answering = cohort - round_half_up(cfg.dropout * cohort)
     if policy == "drop":
@@ -101,7 +151,17 @@ def _fleet(
             f"{needed} accepted updates are needed ({why}); sample more clients, or lower "
             f"--dropout, --stragglers, --byzantine or --min-clients"
         )
-    return conditions_for(fleet, cfg, policy, custom_trainer=custom_trainer), info
+    fleet: Fleet
+    if launch is not None:
+        side = dataclasses.replace(_ClientSide.of(run, ds), dataset=given[0], trainer=given[1])
+        fleet = WorkerPool(side, ds.num_clients, launch)
+    else:
+        fleet = InProcessFleet(ds, trainer, app=ClientApp(mods=mods))
+    try:
+        return conditions_for(fleet, cfg, policy, custom_trainer=given[1] is not None), info
+    except BaseException:
+        fleet.close()
+        raise
 
 
 def conditions_for(
@@ -213,6 +273,25 @@ def simulate(
     if isinstance(strategy, str):
         settings["strategy"], strategy = strategy, None
     cfg = (config or SimulationConfig()).replace(**settings)
+    launch = None
+    if cfg.workers > 1:  # started first, so that their imports overlap the set-up here
+        torch_model = cfg.model in ("mlp", "cnn") or isinstance(trainer, TorchTrainer)
+        launch = WorkerLaunch(cfg.workers, preload=("fedloom.recipes", "torch")[: 1 + torch_model])
+    try:
+        return _simulate(cfg, dataset, trainer, strategy, progress, launch)
+    finally:
+        if launch is not None:
+            launch.close()
+
+
+def _simulate(
+    cfg: SimulationConfig,
+    dataset: FederatedDataset | None,
+    trainer: Trainer | None,
+    strategy: Strategy | None,
+    progress: bool | TextIO,
+    launch: WorkerLaunch | None,
+) -> RunResult:
     ds = dataset or builtin_dataset(cfg)
     if dataset is not None:
         cfg = cfg.replace(dataset=ds.name, clients=ds.num_clients, partition=None)
@@ -227,7 +306,7 @@ def simulate(
     run = plan(cfg, population=ds.num_clients, dim=tr.spec.size, strategy=strategy)
     if cfg.local_dp_noise is not None:
         check_local_dp(cfg, tr, ds)
-    fleet, run_info = _fleet(run, ds, tr, custom_trainer=trainer is not None)
+    fleet, run_info = _fleet(run, ds, tr, given=(dataset, trainer), launch=launch)
     test = ds.test
 
     def evaluate(parameters: Vector) -> EvalResult:
@@ -261,5 +340,6 @@ def simulate(
                 round_metrics=run.privacy.metrics if run.privacy is not None else None,
             )
     finally:
+        fleet.close()
         if bar is not None:
             bar.close()

@@ -10,6 +10,7 @@ from fedloom.client import ClientApp, ClientContext, Trainer
 from fedloom.data import FederatedDataset
 from fedloom.errors import ClientError, ConfigError
 from fedloom.messages import Instruction, Reply
+from fedloom.strategy import NumberedClients
 
 __all__ = ["InProcessFleet"]
 
@@ -19,11 +20,14 @@ log = logging.getLogger("fedloom.simulation")
 class InProcessFleet:
     """Runs each of a federated dataset's clients in this process when it is sent an instruction.
 
-    Clients are named ``"0"``, ``"1"``, ... after their index in the dataset. Their data is
-    sliced on demand; the per-client state a handler keeps (``ClientContext.state``) lives here
-    for the fleet's lifetime. Replies are produced lazily, in the order of the instructions, so
-    a streaming aggregator holds one update at a time. The ``timeout`` of :meth:`exchange` is
-    not enforced: every simulated client runs to completion.
+    Clients are named ``"0"``, ``"1"``, ... after their index in the dataset. A client's data
+    is made (sliced or generated) when it is instructed and dropped after its turn, and the
+    client list is a :class:`~fedloom.strategy.NumberedClients`, so a population of a million
+    costs nothing until sampled. The per-client state a handler keeps (``ClientContext.state``)
+    lives here for the fleet's lifetime, for the clients that took part. Replies are produced
+    lazily, in the order of the instructions, so a streaming aggregator holds one update at a
+    time. The ``timeout`` of :meth:`exchange` is not enforced: every simulated client runs to
+    completion.
 
     Parameters
     ----------
@@ -52,8 +56,7 @@ class InProcessFleet:
         self._trainer = trainer
         self._app = app if app is not None else ClientApp()
         self._on_error = on_error
-        self._ids = tuple(str(i) for i in range(dataset.num_clients))
-        self._index = {cid: i for i, cid in enumerate(self._ids)}
+        self._ids = NumberedClients(dataset.num_clients)
         self._state: dict[str, dict[str, Any]] = {}
 
     def clients(self) -> Sequence[str]:
@@ -68,9 +71,9 @@ class InProcessFleet:
                 yield reply
 
     def _run(self, client_id: str, ins: Instruction) -> Reply | None:
-        index = self._index.get(client_id)
-        if index is None:
+        if client_id not in self._ids:
             raise ClientError(client_id, ins.round, ins.phase, "no such client in this simulation")
+        index = int(client_id)
         state = self._state.setdefault(client_id, {})
         ctx = ClientContext(client_id, self._dataset.client(index), self._trainer, state)
         try:

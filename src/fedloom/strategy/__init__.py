@@ -30,6 +30,7 @@ from fedloom.strategy._sampler import (
     AllClients,
     CountSampler,
     FractionSampler,
+    NumberedClients,
     Sampler,
     round_half_up,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "Link",
     "Median",
     "MultiKrum",
+    "NumberedClients",
     "PlainRound",
     "RoundContext",
     "RoundMechanism",

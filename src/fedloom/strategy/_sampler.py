@@ -9,13 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, overload
 
 import numpy as np
 
 from fedloom.errors import ConfigError
 
-__all__ = ["AllClients", "CountSampler", "FractionSampler", "Sampler", "round_half_up"]
+__all__ = [
+    "AllClients",
+    "CountSampler",
+    "FractionSampler",
+    "NumberedClients",
+    "Sampler",
+    "round_half_up",
+]
 
 
 class Sampler(Protocol):
@@ -26,10 +33,98 @@ class Sampler(Protocol):
         ...
 
 
+class NumberedClients(Sequence[str]):
+    """The ids ``"0"`` to ``str(n - 1)``, in sorted (string) order, without building them.
+
+    A simulated population of a million clients is this sequence, not a list of a million
+    strings: the ``i``-th id is computed in ``O(log(n) ** 2)`` steps, and samplers draw from it
+    without sorting it. It sorts as ``sorted(str(i) for i in range(n))`` does (``"10"`` before
+    ``"2"``), so a sampler picks the same clients from it as from that list.
+
+    Examples
+    --------
+    >>> ids = NumberedClients(12)
+    >>> list(ids)
+    ['0', '1', '10', '11', '2', '3', '4', '5', '6', '7', '8', '9']
+    >>> "11" in ids, "12" in ids, "01" in ids
+    (True, False, False)
+    """
+
+    __slots__ = ("_n",)
+
+    def __init__(self, n: int) -> None:
+        if n < 0:
+            raise ConfigError(f"a population cannot have {n} clients")
+        self._n = int(n)
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._n))]
+        if index < 0:
+            index += self._n
+        if not 0 <= index < self._n:
+            raise IndexError(f"client rank {index} out of range for {self._n} clients")
+        if index == 0:
+            return "0"  # "0" sorts first; the ids 1 .. n - 1 form a decimal trie below it
+        return str(_kth_in_trie(index, self._n - 1))
+
+    def __contains__(self, item: object) -> bool:
+        return (
+            isinstance(item, str)
+            and item.isascii()
+            and item.isdigit()
+            and (item == "0" or not item.startswith("0"))
+            and int(item) < self._n
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NumberedClients) and other._n == self._n
+
+    def __hash__(self) -> int:
+        return hash((NumberedClients, self._n))
+
+    def __repr__(self) -> str:
+        return f"NumberedClients({self._n})"
+
+
+def _kth_in_trie(k: int, last: int) -> int:
+    """The ``k``-th (1-based) of the numbers 1 .. ``last`` in the order of their decimal
+    strings: walk the trie of prefixes, skipping whole subtrees by their size."""
+    current = 1
+    k -= 1
+    while k > 0:
+        below = _subtree_size(current, last)
+        if below <= k:
+            k -= below
+            current += 1
+        else:
+            current *= 10
+            k -= 1
+    return current
+
+
+def _subtree_size(prefix: int, last: int) -> int:
+    """How many of 1 .. ``last`` have ``prefix``'s digits as their leading digits."""
+    size, first, end = 0, prefix, prefix
+    while first <= last:
+        size += min(last, end) - first + 1
+        first, end = first * 10, end * 10 + 9
+    return size
+
+
 def _draw(available: Sequence[str], count: int, seed: int, round: int) -> list[str]:
-    pool = sorted(available)
+    pool = available if isinstance(available, NumberedClients) else sorted(available)
     if count >= len(pool):
-        return pool
+        return list(pool)
     rng = np.random.default_rng([seed, round])
     chosen = rng.choice(len(pool), size=count, replace=False)
     return [pool[i] for i in sorted(chosen.tolist())]
@@ -40,6 +135,8 @@ class AllClients:
     """Every available client, every round (cross-silo)."""
 
     def select(self, available: Sequence[str], round: int) -> list[str]:
+        if isinstance(available, NumberedClients):
+            return list(available)
         return sorted(available)
 
 
