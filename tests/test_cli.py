@@ -38,6 +38,8 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
         (["--attack", "sign-flip"], "--attack"),
         (["--dropout", "1"], "--dropout must be in [0, 1)"),
         (["--straggler-policy", "maybe"], "--straggler-policy must be drop or keep"),
+        (["--workers", "0"], "--workers must be at least 1, or auto, got 0"),
+        (["--central-test-rows", "0"], "--central-test-rows must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(

@@ -29,7 +29,10 @@ def test_importing_fedloom_does_not_import_the_deployment_or_accounting_librarie
     import subprocess
     import sys
 
-    heavy = ("grpc", "google.protobuf", "cryptography.x509", "dp_accounting", "scipy")
+    heavy = (
+        "grpc", "google.protobuf", "cryptography.x509", "dp_accounting", "scipy", "sklearn",
+        "cloudpickle", "ray",
+    )  # fmt: skip
     code = f"import sys, fedloom; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -27,8 +27,6 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any, Literal
 
-import cloudpickle
-
 from fedloom.client import ClientApp, ClientContext, Trainer
 from fedloom.data import FederatedDataset
 from fedloom.errors import ClientError, ConfigError, FedloomError
@@ -132,10 +130,11 @@ def _worker_main(conn: Connection, preload: str) -> None:
             importlib.import_module(module)
     try:
         path, setup_blob = conn.recv()
-        sys.path[:] = [p for p in path if p not in sys.path] + sys.path
-        runner = ClientRunner(pickle.loads(setup_blob))
     except (EOFError, OSError):
         return  # the driver went away before sending a setup
+    sys.path[:] = [p for p in path if p not in sys.path] + sys.path
+    try:
+        runner = ClientRunner(pickle.loads(setup_blob))
     except Exception as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -216,6 +215,8 @@ class WorkerPool:
         launch = workers if isinstance(workers, WorkerLaunch) else WorkerLaunch(workers)
         if on_error not in ("raise", "drop"):
             raise ConfigError(f"on_error must be 'raise' or 'drop', got {on_error!r}")
+        import cloudpickle  # only runs with workers pay for its import
+
         try:
             self._blob = cloudpickle.dumps(setup)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -266,7 +267,7 @@ class WorkerPool:
         done: dict[str, Reply | None] = {}
         for client_id in order:
             while client_id not in done:
-                self._feed(pending, instructions, shared)
+                self._feed(pending, instructions, shared, done)
                 self._collect(done, instructions)
             reply = done.pop(client_id)
             if reply is not None:
@@ -283,26 +284,39 @@ class WorkerPool:
         pending: Iterator[list[str]],
         instructions: Mapping[str, Instruction],
         shared: Vector | None,
+        done: dict[str, Reply | None],
     ) -> None:
         """Give every worker with room its next batches of clients, the global model first."""
-        for worker in self._workers:
+        for index in range(len(self._workers)):
+            worker = self._workers[index]
             while len(worker.outstanding) < _PREFETCH:
                 batch = next(pending, None)
                 if batch is None:
                     return
-                tasks = []
-                for client_id in batch:
-                    ins = instructions[client_id]
-                    is_shared = shared is not None and ins.parameters is shared
-                    if is_shared and worker.loaded != self._token:
-                        worker.conn.send(("load", self._token, shared))
-                        worker.loaded = self._token
-                    stripped = replace(ins, parameters=None) if is_shared else ins
-                    tasks.append(
-                        Task(client_id, stripped, is_shared, self._state.get(client_id, {}))
-                    )
-                worker.conn.send(("tasks", self._token, tasks))
                 worker.outstanding.append(batch)
+                try:
+                    self._send(worker, batch, instructions, shared)
+                except OSError:  # it died since its last message
+                    self._replace(worker, done, instructions)
+                    break
+
+    def _send(
+        self,
+        worker: _Worker,
+        batch: list[str],
+        instructions: Mapping[str, Instruction],
+        shared: Vector | None,
+    ) -> None:
+        tasks = []
+        for client_id in batch:
+            ins = instructions[client_id]
+            is_shared = shared is not None and ins.parameters is shared
+            if is_shared and worker.loaded != self._token:
+                worker.conn.send(("load", self._token, shared))
+                worker.loaded = self._token
+            stripped = replace(ins, parameters=None) if is_shared else ins
+            tasks.append(Task(client_id, stripped, is_shared, self._state.get(client_id, {})))
+        worker.conn.send(("tasks", self._token, tasks))
 
     def _collect(
         self, done: dict[str, Reply | None], instructions: Mapping[str, Instruction]
