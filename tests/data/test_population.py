@@ -66,7 +66,7 @@ def test_client_sizes_need_sizes_and_bad_shapes_are_refused() -> None:
     ds = _population(4, make)
 
     # Execute / Assert
-    with pytest.raises(ConfigError, match="pass sizes= to FederatedDataset.from_function"):
+    with pytest.raises(ConfigError, match=r"pass sizes= to FederatedDataset\.from_function"):
         ds.client_sizes()
     sized = FederatedDataset.from_function(
         4, make, test=make(0).train, num_classes=2, input_shape=(3,), sizes=np.full(4, 3)
