@@ -176,6 +176,14 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
         help="train each round's clients on N worker processes, or auto: one per core (1)",
     )
     par.add_argument(
+        "--engine", choices=("local", "ray"), help="where the workers run (local; ray: Ray actors)"
+    )
+    par.add_argument(
+        "--ray-address", help="with --engine ray: a cluster to join (default: start one)"
+    )
+    par.add_argument("--worker-cpus", type=float, help="with --engine ray: CPUs per actor (1)")
+    par.add_argument("--worker-gpus", type=float, help="with --engine ray: GPUs per actor (0)")
+    par.add_argument(
         "--central-test-rows",
         type=int,
         help="most rows of a generated population's central test set (10000)",

@@ -116,7 +116,11 @@ secagg_weight_bound
         ``local_dp_delta`` (1e-5, below 1/n for a client of n examples). PyTorch models only.
     workers
         Simulation only: train each round's clients on this many worker processes (``"auto"``:
-        one per core this process may use); the model is the same as with 1.
+        one per core this process may use), or Ray actors; the model is the same as with 1.
+    engine, ray_address, worker_cpus, worker_gpus
+        ``local`` (this machine) or ``ray``: the workers are Ray actors, on a cluster at
+        ``ray_address`` (``None``: a local Ray instance started for the run), each reserving
+        ``worker_cpus`` CPUs (1) and ``worker_gpus`` GPUs (0).
     out
         Folder for ``history.json``, ``model.npz`` and ``config.toml``; ``None`` writes nothing.
     """
@@ -173,6 +177,10 @@ secagg_weight_bound
     local_dp_clip: float | None = None
     local_dp_delta: float | None = None
     workers: int = 1
+    engine: str = "local"
+    ray_address: str | None = None
+    worker_cpus: float | None = None
+    worker_gpus: float | None = None
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -250,6 +258,11 @@ secagg_weight_bound
             )
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, or auto, got {self.workers}")
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"--engine must be local or ray, got {self.engine!r}")
+        ray_set = [k for k in ("ray_address", "worker_cpus", "worker_gpus") if getattr(self, k)]
+        if ray_set and self.engine != "ray":
+            raise ConfigError(f"{_flag(ray_set[0])} needs --engine ray")
 
     def client_config(self) -> dict[str, float | int]:
         """The settings sent to every client each round: the seed and any local SGD setting."""

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _workers import broken_setup, cycle, fails_in_fit, given, killer_setup
 
 import fedloom
-from fedloom.client import ClientApp, LinearTrainer
-from fedloom.data import ArrayData, FederatedDataset, load_dataset
+from fedloom.client import LinearTrainer
+from fedloom.data import FederatedDataset, load_dataset
 from fedloom.errors import ClientError, ConfigError
-from fedloom.messages import Config, FitResult
-from fedloom.params import Vector
 from fedloom.simulation import InProcessFleet, WorkerError, WorkerPool
 from fedloom.strategy import CountSampler, fedavg
 
@@ -62,31 +60,14 @@ def test_a_torch_model_gives_the_same_model_on_workers() -> None:
     np.testing.assert_array_equal(one.parameters, two.parameters)
 
 
-class _Killer(LinearTrainer):
-    """Kills its own process the first time it trains the client of ``victim_rows`` rows (the
-    marker file says it happened)."""
-
-    def fit(self, parameters: Vector, data: ArrayData, config: Config, seed: int) -> FitResult:
-        marker = str(config["marker"])
-        if len(data) == config["victim_rows"] and not os.path.exists(marker):
-            open(marker, "w").close()
-            os.kill(os.getpid(), signal.SIGKILL)
-        return super().fit(parameters, data, config, seed)
-
-
-def _killer_setup() -> tuple[FederatedDataset, LinearTrainer, ClientApp]:
-    ds = load_dataset("digits", num_clients=10, partition="quantity:1.0", seed=0)
-    return ds, _Killer(64, 10, lr=0.1), ClientApp()
-
-
 def test_a_worker_that_dies_mid_round_drops_its_clients_and_the_run_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Prepare: the client with the most rows kills its worker in round 1, once
-    ds, _, _ = _killer_setup()
+    ds, _, _ = killer_setup()
     rows = int(ds.client_sizes().max())
     victim = str(int(ds.client_sizes().argmax()))
-    pool = WorkerPool(_killer_setup, ds.num_clients, 2)
+    pool = WorkerPool(killer_setup, ds.num_clients, 2)
     trainer = LinearTrainer(64, 10, lr=0.1)
     config = {"marker": str(tmp_path / "killed"), "victim_rows": rows, "seed": 0}
     pids = pool.pids()
@@ -108,20 +89,9 @@ def test_a_worker_that_dies_mid_round_drops_its_clients_and_the_run_goes_on(
     assert f"died in round 1; its client(s) {victim}" in caplog.text
 
 
-def _fails_in_fit(message: str) -> tuple[FederatedDataset, LinearTrainer, ClientApp]:
-    ds = load_dataset("digits", num_clients=4, seed=0)
-
-    def fit(ctx: Any, ins: Any) -> Any:
-        if ctx.client_id == "2":
-            raise ClientError(ctx.client_id, ins.round, ins.phase, message)
-        return ClientApp().handle(ctx, ins)
-
-    return ds, LinearTrainer(64, 10), ClientApp({"fit": fit})
-
-
 def test_a_client_error_in_a_worker_stops_the_run_or_drops_the_client() -> None:
     # Prepare
-    setup = functools.partial(_fails_in_fit, "disk full")
+    setup = functools.partial(fails_in_fit, "disk full")
     start = LinearTrainer(64, 10).init_parameters(0)
 
     # Execute / Assert: "raise" names the client and the reason
@@ -139,13 +109,9 @@ def test_a_client_error_in_a_worker_stops_the_run_or_drops_the_client() -> None:
     assert result.history.rounds[0].clients == 3
 
 
-def _broken_setup() -> tuple[FederatedDataset, LinearTrainer, ClientApp]:
-    raise OSError("no such file: /data/clients")
-
-
 def test_a_worker_that_cannot_set_up_is_a_worker_error_with_the_reason() -> None:
     # Prepare
-    pool = WorkerPool(_broken_setup, 4, 1)
+    pool = WorkerPool(broken_setup, 4, 1)
     start = LinearTrainer(64, 10).init_parameters(0)
 
     # Execute / Assert
@@ -160,14 +126,14 @@ def test_an_unpicklable_setup_is_refused_before_any_round() -> None:
 
     # Execute / Assert
     with pytest.raises(ConfigError, match="picklable setup"):
-        WorkerPool(functools.partial(_fails_in_fit, lock), 4, 2)  # type: ignore[arg-type]
+        WorkerPool(functools.partial(fails_in_fit, lock), 4, 2)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="--workers must be at least 1"):
-        WorkerPool(_broken_setup, 4, 0)
+        WorkerPool(broken_setup, 4, 0)
 
 
 def test_closing_the_pool_ends_its_processes() -> None:
     # Prepare
-    pool = WorkerPool(functools.partial(_fails_in_fit, "x"), 4, 2)
+    pool = WorkerPool(functools.partial(fails_in_fit, "x"), 4, 2)
     pids = pool.pids()
 
     # Execute
@@ -183,7 +149,7 @@ def test_the_pool_equals_the_in_process_fleet_for_a_user_population() -> None:
     # Prepare: a population of the user's own, from a function of the client index
     base = load_dataset("digits", num_clients=100, seed=0)
     ds = FederatedDataset.from_function(
-        10_000, functools.partial(_cycle, base), test=base.test, num_classes=10,
+        10_000, functools.partial(cycle, base), test=base.test, num_classes=10,
         input_shape=(64,),
     )  # fmt: skip
     trainer = LinearTrainer(64, 10, lr=0.1)
@@ -192,7 +158,7 @@ def test_the_pool_equals_the_in_process_fleet_for_a_user_population() -> None:
 
     # Execute
     here = fedloom.run_rounds(InProcessFleet(ds, trainer), strategy, start, rounds=2)
-    pool = WorkerPool(functools.partial(_given, ds, trainer), ds.num_clients, 2)
+    pool = WorkerPool(functools.partial(given, ds, trainer), ds.num_clients, 2)
     try:
         there = fedloom.run_rounds(pool, strategy, start, rounds=2)
     finally:
@@ -200,14 +166,6 @@ def test_the_pool_equals_the_in_process_fleet_for_a_user_population() -> None:
 
     # Assert
     np.testing.assert_array_equal(here.parameters, there.parameters)
-
-
-def _cycle(base: FederatedDataset, i: int) -> Any:
-    return base.client(i % base.num_clients)
-
-
-def _given(ds: FederatedDataset, trainer: LinearTrainer) -> Any:
-    return ds, trainer, ClientApp()
 
 
 def test_the_cli_with_workers_writes_the_model_of_one_process(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from fedloom.server import Fleet, RunResult, run_rounds
 from fedloom.simulation import (
     Attack,
     InProcessFleet,
+    RayFleet,
     SimulatedConditions,
     WorkerLaunch,
     WorkerPool,
@@ -152,7 +153,13 @@ def _fleet(
             f"--dropout, --stragglers, --byzantine or --min-clients"
         )
     fleet: Fleet
-    if launch is not None:
+    if cfg.engine == "ray":
+        side = dataclasses.replace(_ClientSide.of(run, ds), dataset=given[0], trainer=given[1])
+        fleet = RayFleet(
+            side, ds.num_clients, cfg.workers, address=cfg.ray_address,
+            worker_cpus=cfg.worker_cpus or 1.0, worker_gpus=cfg.worker_gpus or 0.0,
+        )  # fmt: skip
+    elif launch is not None:
         side = dataclasses.replace(_ClientSide.of(run, ds), dataset=given[0], trainer=given[1])
         fleet = WorkerPool(side, ds.num_clients, launch)
     else:
@@ -274,7 +281,9 @@ def simulate(
         settings["strategy"], strategy = strategy, None
     cfg = (config or SimulationConfig()).replace(**settings)
     launch = None
-    if cfg.workers > 1:  # started first, so that their imports overlap the set-up here
+    if (
+        cfg.workers > 1 and cfg.engine == "local"
+    ):  # started first, so that their imports overlap the set-up here
         torch_model = cfg.model in ("mlp", "cnn") or isinstance(trainer, TorchTrainer)
         launch = WorkerLaunch(cfg.workers, preload=("fedloom.recipes", "torch")[: 1 + torch_model])
     try:

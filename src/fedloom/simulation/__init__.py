@@ -5,15 +5,9 @@ scripted fleet for tests."""
 from fedloom.simulation._attack import ATTACKS, SIGN_FLIP_SCALE, Attack, attack_mod
 from fedloom.simulation._conditions import SimulatedConditions
 from fedloom.simulation._fleet import InProcessFleet
-from fedloom.simulation._pool import (
-    ClientRunner,
-    Outcome,
-    RunnerSetup,
-    Task,
-    WorkerError,
-    WorkerLaunch,
-    WorkerPool,
-)
+from fedloom.simulation._pool import WorkerLaunch, WorkerPool
+from fedloom.simulation._ray import RayFleet
+from fedloom.simulation._runner import ClientRunner, Outcome, RunnerSetup, Task, WorkerError
 from fedloom.simulation._scripted import Responder, ScriptedFleet, empty_reply
 
 __all__ = [
@@ -23,6 +17,7 @@ __all__ = [
     "ClientRunner",
     "InProcessFleet",
     "Outcome",
+    "RayFleet",
     "Responder",
     "RunnerSetup",
     "ScriptedFleet",
