@@ -93,12 +93,18 @@ class TreeSampler(threading.Thread):
                     continue
 
 
-def run_process(cmd: Sequence[str], *, cwd: Path, marker: str | None = None) -> dict[str, Any]:
+def run_process(
+    cmd: Sequence[str],
+    *,
+    cwd: Path,
+    marker: str | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run ``cmd`` to completion and measure it; ``RESULT {json}`` from its output is parsed."""
     with tempfile.TemporaryFile() as out:
         load = os.getloadavg()[0]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
         sampler = TreeSampler(proc.pid, marker)
         sampler.start()
         proc.wait()

@@ -1,6 +1,7 @@
 """One fedloom run for ``scale.py``, in its own process; prints one ``RESULT {json}`` line.
 
-    .venv/bin/python benchmarks/_scale_child.py WORKLOAD POPULATION PER_ROUND ROUNDS WORKERS
+    .venv/bin/python benchmarks/_scale_child.py WORKLOAD POPULATION PER_ROUND ROUNDS \
+        WORKERS [ENGINE]
 
 WORKLOAD is one of:
 
@@ -13,7 +14,10 @@ WORKLOAD is one of:
 - ``synthetic``: the built-in generator, ``synthetic:1,1`` with the logistic-regression
   model: what ``fedloom simulate --dataset synthetic:1,1 --model logreg`` runs.
 
-PER_ROUND 0 means every client every round. Times are those of ``_fedloom_child.py``.
+PER_ROUND 0 means every client every round; ENGINE is ``local`` (default) or ``ray``. With
+WORKERS 1 and the local engine no worker setting is passed, so the child also runs on commits
+from before the worker pool (``scale.py --baseline``). Times are those of
+``_fedloom_child.py``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def _cycle(base: Any, i: int) -> Any:
 def main(argv: list[str]) -> None:
     started = process_start_boottime()
     workload, population, per_round, rounds, workers = argv[0], *map(int, argv[1:5])
+    engine = argv[5] if len(argv) > 5 else "local"
     import fedloom
 
     ends = _RoundEnds()
@@ -44,7 +49,9 @@ def main(argv: list[str]) -> None:
     server_log.propagate = False
     sgd: dict[str, Any] = {"local_epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.9}
     cohort = {"clients_per_round": per_round} if per_round else {}
-    settings: dict[str, Any] = {"rounds": rounds, "seed": 0, "workers": workers, **cohort}
+    settings: dict[str, Any] = {"rounds": rounds, "seed": 0, **cohort}
+    if workers > 1 or engine != "local":
+        settings.update(workers=workers, engine=engine)
     t_call = boottime()
     if workload == "synthetic":
         result = fedloom.simulate(
@@ -68,6 +75,7 @@ def main(argv: list[str]) -> None:
         "population": population,
         "per_round": per_round,
         "workers": workers,
+        "engine": engine,
         "startup_to_round1_s": round1_start - started,
         "simulate_call_to_round1_s": round1_start - t_call,
         "round_s": round_s,
