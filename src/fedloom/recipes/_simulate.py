@@ -77,19 +77,12 @@ def builtin_trainer(cfg: SimulationConfig, ds: FederatedDataset) -> Trainer:
     )
 
 
-def client_mods(run: RunPlan, ds: FederatedDataset) -> tuple[tuple[Mod, ...], dict[str, Any]]:
-    """The simulated clients' mods, with the settings' attack inside secure aggregation's (so
-    that a malicious client masks its poisoned update), and the run facts the attack adds."""
-    side = _ClientSide.of(run, ds)
-    info = {"attack": run.config.attack, "malicious_clients": list(side.malicious)}
-    return side.mods(ds.num_classes), info if side.attack is not None else {}
-
-
 @dataclass(frozen=True)
 class _ClientSide:
     """What builds the simulated clients, picklable so a worker process can build its own:
     the settings, the attack and its victims (chosen once, by the driver), and the user's own
-    dataset and trainer when they brought them."""
+    dataset and trainer when they brought them. The mods put the attack inside secure
+    aggregation's, so that a malicious client masks its poisoned update."""
 
     config: SimulationConfig
     cohort: int
@@ -111,6 +104,12 @@ class _ClientSide:
         return cls(
             cfg, run.cohort, attack, attack.choose(NumberedClients(ds.num_clients), cfg.seed)
         )
+
+    def info(self) -> dict[str, Any]:
+        """The run facts the attack adds to the history."""
+        if self.attack is None:
+            return {}
+        return {"attack": self.config.attack, "malicious_clients": list(self.malicious)}
 
     def mods(self, num_classes: int) -> tuple[Mod, ...]:
         if self.attack is None:
@@ -136,10 +135,10 @@ def _fleet(
     given: tuple[FederatedDataset | None, Trainer | None],
     launch: WorkerLaunch | None,
 ) -> tuple[Fleet, dict[str, Any]]:
-    """The in-process fleet (or the worker pool), with attackers, dropout and stragglers as the
-    settings ask."""
+    """The in-process fleet, the worker pool or the Ray fleet, with attackers, dropout and
+    stragglers as the settings ask."""
     cfg, strategy, cohort = run.config, run.strategy, run.cohort
-    mods, info = client_mods(run, ds)
+    side = dataclasses.replace(_ClientSide.of(run, ds), dataset=given[0], trainer=given[1])
     policy = cfg.straggler_policy or strategy.straggler_policy
     answering = cohort - round_half_up(cfg.dropout * cohort)
     if policy == "drop":
@@ -154,18 +153,16 @@ def _fleet(
         )
     fleet: Fleet
     if cfg.engine == "ray":
-        side = dataclasses.replace(_ClientSide.of(run, ds), dataset=given[0], trainer=given[1])
         fleet = RayFleet(
             side, ds.num_clients, cfg.workers, address=cfg.ray_address,
             worker_cpus=cfg.worker_cpus or 1.0, worker_gpus=cfg.worker_gpus or 0.0,
         )  # fmt: skip
     elif launch is not None:
-        side = dataclasses.replace(_ClientSide.of(run, ds), dataset=given[0], trainer=given[1])
         fleet = WorkerPool(side, ds.num_clients, launch)
     else:
-        fleet = InProcessFleet(ds, trainer, app=ClientApp(mods=mods))
+        fleet = InProcessFleet(ds, trainer, app=ClientApp(mods=side.mods(ds.num_classes)))
     try:
-        return conditions_for(fleet, cfg, policy, custom_trainer=given[1] is not None), info
+        return conditions_for(fleet, cfg, policy, custom_trainer=given[1] is not None), side.info()
     except BaseException:
         fleet.close()
         raise
@@ -281,9 +278,8 @@ def simulate(
         settings["strategy"], strategy = strategy, None
     cfg = (config or SimulationConfig()).replace(**settings)
     launch = None
-    if (
-        cfg.workers > 1 and cfg.engine == "local"
-    ):  # started first, so that their imports overlap the set-up here
+    if cfg.workers > 1 and cfg.engine == "local":
+        # started first, so that the workers' imports overlap this process's set-up
         torch_model = cfg.model in ("mlp", "cnn") or isinstance(trainer, TorchTrainer)
         launch = WorkerLaunch(cfg.workers, preload=("fedloom.recipes", "torch")[: 1 + torch_model])
     try:
