@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from typing import Any
@@ -51,3 +52,19 @@ def cycle(base: FederatedDataset, i: int) -> Any:
 
 def given(ds: FederatedDataset, trainer: LinearTrainer) -> Any:
     return ds, trainer, ClientApp()
+
+
+def _bad_client(base: FederatedDataset, i: int) -> Any:
+    if i == 2:
+        raise ValueError("corrupt shard 2")
+    return base.client(i)
+
+
+def crashes_setup() -> tuple[FederatedDataset, LinearTrainer, ClientApp]:
+    """Making client 2's data raises: a bug outside the client runtime."""
+    base = load_dataset("digits", num_clients=4, seed=0)
+    ds = FederatedDataset.from_function(
+        4, functools.partial(_bad_client, base), test=base.test, num_classes=10,
+        input_shape=(64,),
+    )  # fmt: skip
+    return ds, LinearTrainer(64, 10), ClientApp()

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _workers import broken_setup, cycle, fails_in_fit, given, killer_setup
+from _workers import broken_setup, crashes_setup, cycle, fails_in_fit, given, killer_setup
 
 import fedloom
 from fedloom.client import LinearTrainer
@@ -185,3 +185,19 @@ def test_the_cli_with_workers_writes_the_model_of_one_process(tmp_path: Path) ->
     np.testing.assert_array_equal(one, auto)
     written = (tmp_path / "auto" / "config.toml").read_text()
     assert f"workers = {len(os.sched_getaffinity(0))}" in written
+
+
+def test_a_bug_in_a_worker_stops_the_run_with_its_traceback_even_when_dropping() -> None:
+    # Prepare: making a client's data raises ValueError (not a ClientError: a bug), which
+    # in-process would propagate too
+    pool = WorkerPool(crashes_setup, 4, 2, on_error="drop")
+    start = LinearTrainer(64, 10).init_parameters(0)
+
+    # Execute / Assert
+    try:
+        with pytest.raises(
+            ClientError, match=r"(?s)running it raised, in the worker:.*ValueError: corrupt shard 2"
+        ):
+            fedloom.run_rounds(pool, fedavg(), start, rounds=1)
+    finally:
+        pool.close()

@@ -277,8 +277,11 @@ class Dispatcher:
                 done[outcome.client_id] = outcome.reply
                 continue
             ins = instructions[outcome.client_id]
-            error = ClientError(outcome.client_id, ins.round, ins.phase, outcome.error)
-            if self._on_error == "raise":
+            reason = outcome.error
+            if outcome.crashed:
+                reason = f"making the client or running it raised, in the worker:\n{reason}"
+            error = ClientError(outcome.client_id, ins.round, ins.phase, reason)
+            if self._on_error == "raise" or outcome.crashed:  # a bug stops the run, as in-process
                 self.close()
                 raise error
             log.warning("%s; treating the client as dropped", error)
