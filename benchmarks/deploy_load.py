@@ -8,11 +8,11 @@ set to the cohort so that rounds start once a cohort can be drawn) and ``--proce
 processes (``_load_clients.py``), each running its share of the clients as ``run_client``
 loops on threads, each client with its own certificate and TLS channel. Every 0.2 s it samples
 the server process: resident memory (``VmRSS``) and threads (``Threads`` of
-``/proc/PID/status``), and the connected clients. At the end: the server's history (clients and seconds per round), memory per joined
-client (the RSS with every client joined, less the RSS before the first joined, over the
-clients), and what each client process reported. A client counts as connected while its TCP
-connection to the server's port is established (``/proc/net/tcp``). Everything has a deadline: the run is killed
-after ``--limit`` seconds.
+``/proc/PID/status``), and the connected clients (established TCP connections to its port, from
+``/proc/net/tcp``). At the end: the server's history (clients and seconds per round), memory
+per connected client (the RSS once every client is connected, less the RSS before any, over
+the clients), and what each client process reported. Everything has a deadline: the run is
+killed after ``--limit`` seconds.
 """
 
 from __future__ import annotations
