@@ -1,7 +1,9 @@
 """Datasets and how they are split over clients.
 
-Load a named dataset split over clients with :func:`load_dataset`, or wrap arrays you already
-hold with :func:`from_arrays`; split labels yourself with :func:`partition_indices`. The
+Load a named dataset split over clients with :func:`load_dataset`, wrap arrays you already
+hold with :func:`from_arrays`, or define a population of any size by a function of the client
+index with :meth:`FederatedDataset.from_function` (each client is made when it is sampled);
+split labels yourself with :func:`partition_indices`. The
 file loaders (:func:`load_mnist_idx`, :func:`load_heart_disease`, :func:`load_leaf`) take
 paths and never download anything.
 
