@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any, Literal
+from typing import Literal
 
 from fedloom.errors import ConfigError
 from fedloom.params import Vector
@@ -54,16 +54,11 @@ def _worker_main(conn: Connection, preload: str) -> None:
         path, setup_blob = conn.recv()
     except (EOFError, OSError):
         return  # the driver went away before sending a setup
-    sys.path[:] = [p for p in path if p not in sys.path] + sys.path
     try:
-        runner = ClientRunner(pickle.loads(setup_blob))
+        runner = ClientRunner.in_worker(path, setup_blob)
     except Exception as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
-    torch: Any = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
-    conn.send(("ready", None))
     while True:
         try:
             message = conn.recv()
@@ -75,8 +70,7 @@ def _worker_main(conn: Connection, preload: str) -> None:
         if kind == "load":
             runner.load(message[1], message[2])
         else:
-            token = message[1]
-            conn.send(("done", (token, [runner.run(task, token) for task in message[2]])))
+            conn.send(("done", runner.run_batch(message[2], message[1])))
 
 
 class _Process:

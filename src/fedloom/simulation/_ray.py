@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import sys
 from typing import Any, Literal
 
@@ -37,16 +36,12 @@ class _RayWorker:
     """The actor: a :class:`ClientRunner`, or the reason it could not be built."""
 
     def __init__(self, path: list[str], setup_blob: bytes) -> None:
-        sys.path[:] = [p for p in path if p not in sys.path] + sys.path
         self._runner: ClientRunner | None = None
         self._error: str | None = None
         try:
-            self._runner = ClientRunner(pickle.loads(setup_blob))
+            self._runner = ClientRunner.in_worker(path, setup_blob)
         except Exception as exc:
             self._error = f"{type(exc).__name__}: {exc}"
-        torch: Any = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(1)  # one core per actor (unless --worker-cpus says more)
 
     def load(self, token: int, model: Vector) -> None:
         if self._runner is not None:
@@ -60,7 +55,7 @@ class _RayWorker:
     def run(self, token: int, tasks: list[Task]) -> tuple[str, Any]:
         if self._runner is None:
             return "failed", self._error
-        return "done", (token, [self._runner.run(task, token) for task in tasks])
+        return "done", self._runner.run_batch(tasks, token)
 
 
 class RayFleet(Dispatcher):

@@ -12,6 +12,8 @@ death loses only the clients it held.
 from __future__ import annotations
 
 import logging
+import pickle
+import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -83,6 +85,18 @@ class ClientRunner:
         self._dataset, self._trainer, self._app = setup()
         self._shared: tuple[int, Vector] | None = None
 
+    @classmethod
+    def in_worker(cls, path: list[str], setup_blob: bytes) -> ClientRunner:
+        """Build the runner inside a worker: the driver's ``sys.path`` first (so the user's
+        modules import), the pickled setup run, and one torch thread (the workers are the
+        parallelism). Whatever the setup raises, this raises."""
+        sys.path[:] = [p for p in path if p not in sys.path] + sys.path
+        runner = cls(pickle.loads(setup_blob))
+        torch: Any = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(1)
+        return runner
+
     def load(self, token: int, parameters: Vector) -> None:
         """Hold ``parameters`` as the global model of exchange ``token``."""
         self._shared = (token, parameters)
@@ -106,6 +120,10 @@ class ClientRunner:
             return Outcome(task.client_id, None, state, trace, crashed=True)
         return Outcome(task.client_id, reply, state)
 
+    def run_batch(self, tasks: list[Task], token: int) -> tuple[int, list[Outcome]]:
+        """Run a batch in order: the body of a ``"done"`` event."""
+        return token, [self.run(task, token) for task in tasks]
+
 
 class WorkerLost(Exception):
     """Raised by a dispatcher's transport when a worker is found dead while being sent work."""
@@ -122,9 +140,9 @@ class Slot:
     refs: list[Any] = field(default_factory=list)
 
 
-Event = tuple[Slot, Literal["done", "lost", "failed", "ready"], Any]
-"""What a worker did: answered its oldest batch (``(token, outcomes)``), died, could not set
-up (the reason), or became ready."""
+Event = tuple[Slot, Literal["done", "lost", "failed"], Any]
+"""What a worker did: answered its oldest batch (``(token, outcomes)``), died, or could not
+set up (the reason)."""
 
 
 class Dispatcher:
