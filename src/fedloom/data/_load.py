@@ -395,6 +395,7 @@ def _synthetic(
 
 
 def _train_rows(rows: np.ndarray) -> np.ndarray:
+    """A synthetic device's training rows (of ``rows``, an array or a 0-d array)."""
     return (SYNTHETIC_TRAIN_SHARE * rows).astype(np.int64)
 
 
@@ -409,7 +410,7 @@ class SyntheticClients:
     def __call__(self, k: int) -> ClientData:
         device = self.population.device(k).data
         order = np.random.default_rng([self.seed, k]).permutation(len(device))
-        n_train = int(_train_rows(np.array([len(device)]))[0])
+        n_train = int(_train_rows(np.asarray(len(device))))
         return ClientData(device.subset(order[:n_train]), device.subset(order[n_train:]))
 
 
