@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,6 +50,18 @@ def _client(port: int, client_id: str, data: str) -> tuple[str, ...]:
     return (f"client --insecure --server 127.0.0.1:{port} --client-id {client_id}", "--data", data)
 
 
+def _federate(fedloom: Fedloom, server: Proc, port: int, *extra: str) -> list[dict[str, Any]]:
+    """Start sites 0-2 on their ``siteN.csv`` with ``extra`` flags; assert that the server and
+    every site exit 0; the run's history."""
+    sites = [
+        fedloom.start(f"site{s}", *_client(port, str(s), f"site{s}.csv"), *extra) for s in range(3)
+    ]
+    assert fedloom.wait(server, 90) == 0, fedloom.logs()
+    for site in sites:
+        assert fedloom.wait(site, 30) == 0, fedloom.logs()
+    return rounds(fedloom.cwd / "run") or []
+
+
 def test_three_sites_train_on_their_own_csv_files_and_the_server_on_its_test_set(
     fedloom: Fedloom, tmp_path: Path
 ) -> None:
@@ -60,17 +73,9 @@ def test_three_sites_train_on_their_own_csv_files_and_the_server_on_its_test_set
     server, port = _server(fedloom, "--rounds", "3", "--lr", "0.5", "--test-data", "test.csv")
 
     # Execute
-    sites = [
-        fedloom.start(f"site{s}", *_client(port, str(s), f"site{s}.csv"), "--fill-missing", "mean")
-        for s in range(3)
-    ]
-    status = fedloom.wait(server, 90)
+    history = _federate(fedloom, server, port, "--fill-missing", "mean")
 
     # Assert: every round with the three sites, evaluated on the server's own test set
-    assert status == 0, fedloom.logs()
-    for site in sites:
-        assert fedloom.wait(site, 30) == 0, fedloom.logs()
-    history = rounds(tmp_path / "run") or []
     assert [(r["round"], r["clients"]) for r in history] == [(1, 3), (2, 3), (3, 3)]
     assert history[-1]["accuracy"] > 0.85, fedloom.logs()  # chance is about 0.5
     with RunStore(tmp_path / "run" / "run.db") as store:
@@ -129,19 +134,9 @@ def test_a_server_with_no_data_of_its_own_is_evaluated_on_the_clients_held_out_r
     )
 
     # Execute
-    sites = [
-        fedloom.start(
-            f"site{s}", *_client(port, str(s), f"site{s}.csv"), "--local-test-fraction", "0.25"
-        )
-        for s in range(3)
-    ]
-    status = fedloom.wait(server, 90)
+    history = _federate(fedloom, server, port, "--local-test-fraction", "0.25")
 
     # Assert: no central evaluation, federated evaluation on 3 x 40 held-out rows, and said so
-    assert status == 0, fedloom.logs()
-    for site in sites:
-        assert fedloom.wait(site, 30) == 0, fedloom.logs()
-    history = rounds(tmp_path / "run") or []
     assert [r["accuracy"] for r in history] == [None, None, None]
     assert history[-1]["fed_accuracy"] > 0.85, fedloom.logs()
     assert "evaluated on the clients' held-out examples alone" in server.err()
