@@ -317,15 +317,15 @@ def _simulate(
     def evaluate(parameters: Vector) -> EvalResult:
         return tr.evaluate(parameters, test)
 
-    if cfg.out is not None:
-        check_out_dir(cfg.out)
-        atomic_write(Path(cfg.out) / "config.toml", cfg.to_toml().encode())
-        described = {"input_shape": list(ds.input_shape), "num_classes": ds.num_classes}
-        write_model_file(cfg.out, {"model": cfg.model, **described})
     bar = None
-    if progress is not False:
-        bar = ProgressBar(cfg.rounds, file=None if progress is True else progress)
-    try:
+    try:  # from here on, the fleet's workers (processes, Ray actors) are released on any exit
+        if cfg.out is not None:
+            check_out_dir(cfg.out)
+            atomic_write(Path(cfg.out) / "config.toml", cfg.to_toml().encode())
+            described = {"input_shape": list(ds.input_shape), "num_classes": ds.num_classes}
+            write_model_file(cfg.out, {"model": cfg.model, **described})
+        if progress is not False:
+            bar = ProgressBar(cfg.rounds, file=None if progress is True else progress)
         # after the trainer is made, so that torch (if it uses it) is imported by now
         with _torch_threads(1):
             return run_rounds(
