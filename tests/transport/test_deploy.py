@@ -7,6 +7,7 @@ it runs the gRPC service in this process and talks to it over a real mutual-TLS 
 from __future__ import annotations
 
 import collections
+import contextlib
 import shutil
 import threading
 import tracemalloc
@@ -308,9 +309,18 @@ class Service:
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
+    with _running(tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _running(tmp_path: Path, **options: Any) -> Iterator[Service]:
+    """The service with clients ``a`` and ``b`` (and ``options`` for :class:`ServerOptions`)."""
     made = create_federation(tmp_path, server_hosts=["127.0.0.1"], clients=["a", "b"])
     fleet = GrpcFleet(RUN)
-    server, port = start_server(fleet, ServerOptions("127.0.0.1:0", made["server"].load(), {}))
+    server, port = start_server(
+        fleet, ServerOptions("127.0.0.1:0", made["server"].load(), {}, **options)
+    )
     pool = ThreadPoolExecutor(2)
     running = Service(fleet, f"127.0.0.1:{port}", made, pool)
     try:
@@ -515,6 +525,66 @@ def test_bytes_that_are_not_chunks_are_refused_and_the_exchange_goes_on(service:
     assert not garbage.accepted and "bytes that are not a chunk" in garbage.reason
     assert good == (True, "")
     assert [r.vector.tolist() for r in replies.result(timeout=20)] == [GOOD_A]
+
+
+def test_clients_waiting_for_work_hold_no_server_thread(service: Service) -> None:
+    # Prepare: 100 long Pulls from a, more than the 64 threads the service used to have
+    a, b = service.join("a"), service.join("b")
+    before = threading.active_count()
+    request = pb.PullRequest(run_id=RUN, wait_seconds=30)
+    waiting = [a.pull(request, timeout=40) for _ in range(100)]
+    try:
+        # Execute: b's heartbeat and pull are answered while a's Pulls wait
+        beat = b.beat(pb.HeartbeatRequest(run_id=RUN), timeout=5)
+        idle = decode(b.pull(pb.PullRequest(run_id=RUN, wait_seconds=0), timeout=5), 1 << 20)
+        grown = threading.active_count() - before
+        # an instruction for a wakes every one of its Pulls, long before their 30 s run out
+        replies = service.exchange({"a": MODEL}, timeout=20)
+        got = [decode(call, 1 << 20) for call in waiting]
+    finally:
+        for call in waiting:
+            call.cancel()
+
+    # Assert
+    assert beat.known and idle.header.kind == "wait"
+    assert grown < 8, f"{grown} threads for 100 waiting clients"
+    assert {m.header.kind for m in got} == {"instruction"}
+    assert len({m.header.message_id for m in got}) == 1
+    _push(a, _reply(got[0].header.message_id, GOOD_A))
+    assert [r.client_id for r in replies.result(timeout=20)] == ["a"]
+
+
+def test_stalled_replies_are_dropped_and_the_others_are_served(tmp_path: Path) -> None:
+    with _running(tmp_path, stall_seconds=3.0) as service:
+        # Prepare: a opens 70 replies that send their (admissible) header and then nothing
+        a, b = service.join("a"), service.join("b")
+        replies = service.exchange({"a": MODEL, "b": MODEL}, timeout=30)
+        mid_a, mid_b = _pull(a).header.message_id, _pull(b).header.message_id
+        release = threading.Event()
+
+        def stalled() -> Iterator[pb.Chunk]:
+            yield _reply(mid_a, GOOD_A)[0]
+            release.wait(30)
+
+        try:
+            opened = [a.push.future(stalled(), timeout=30) for _ in range(70)]
+            # Execute: b is heard while a's streams are open
+            beat = b.beat(pb.HeartbeatRequest(run_id=RUN), timeout=5)
+            b_answer = _push(b, _reply(mid_b, GOOD_B))
+            answers = collections.Counter(f.result(timeout=20).reason for f in opened)
+        finally:
+            release.set()
+
+        # Assert: two streams are let in and dropped when they stall; the rest are refused
+        # at once; a's instruction is still open, so its honest reply is taken
+        assert beat.known and b_answer == (True, "")
+        assert answers == {
+            "2 replies from this client are already arriving; send one at a time": 68,
+            "no bytes for 3 s: a stalled reply is dropped": 2,
+        }
+        assert _push(a, _reply(mid_a, GOOD_A)) == (True, "")
+        got = {r.client_id: r.vector.tolist() for r in replies.result(timeout=20)}
+        assert got == {"a": GOOD_A, "b": GOOD_B}
 
 
 def test_a_retried_reply_is_acknowledged_and_counted_once(service: Service) -> None:

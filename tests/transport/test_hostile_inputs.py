@@ -6,7 +6,7 @@ last good list, and resuming a finished run says it is finished."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from fedloom.simulation import ScriptedFleet
 from fedloom.strategy import fedavg
 from fedloom.transport import GrpcFleet, ServerOptions
 from fedloom.transport._certs import Revocations, valid_client_id
-from fedloom.transport._service import _Handlers
+from fedloom.transport._service import Refused, _Handlers
 
 
 def _fit(client: str, ins: Instruction, vector: list[float], n: int = 10, **metrics: Any) -> Reply:
@@ -77,7 +77,6 @@ class _Context:
 
     common_name: bytes
     pem: bytes = b""
-    aborted: list[tuple[Any, str]] = field(default_factory=list)
 
     def auth_context(self) -> dict[str, list[bytes]]:
         return {"x509_common_name": [self.common_name], "x509_pem_cert": [self.pem]}
@@ -87,10 +86,6 @@ class _Context:
 
     def invocation_metadata(self) -> tuple[()]:
         return ()
-
-    def abort(self, code: Any, details: str) -> None:
-        self.aborted.append((code, details))
-        raise RuntimeError(details)
 
 
 def _options(revoked: Revocations) -> ServerOptions:
@@ -103,10 +98,9 @@ def _handlers() -> _Handlers:
 
 def test_an_identity_that_is_not_a_client_id_is_refused() -> None:
     assert not valid_client_id("0\x00evil") and not valid_client_id("") and valid_client_id("0")
-    context = _Context(b"0\x00evil")
-    with pytest.raises(RuntimeError, match="not a client id"):
-        _handlers().identity(context)  # type: ignore[arg-type]
-    assert context.aborted[0][0] == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(Refused, match="not a client id") as refused:
+        _handlers().identity(_Context(b"0\x00evil"))
+    assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_a_second_certificate_for_one_id_is_refused_until_the_first_is_revoked(
@@ -119,12 +113,13 @@ def test_a_second_certificate_for_one_id_is_refused_until_the_first_is_revoked(
     handlers = _handlers()
 
     # Execute / Assert: the first certificate is pinned, a second one is refused
-    assert handlers.identity(_Context(b"0", b"1")) == "0"  # type: ignore[arg-type]
-    with pytest.raises(RuntimeError, match="connected with another certificate"):
-        handlers.identity(_Context(b"0", b"2"))  # type: ignore[arg-type]
+    assert handlers.identity(_Context(b"0", b"1")) == "0"
+    with pytest.raises(Refused, match="connected with another certificate") as refused:
+        handlers.identity(_Context(b"0", b"2"))
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
     # once the first is revoked, the second takes its place
     handlers.options = _options(Revocations(serials=frozenset({("0", 1)})))
-    assert handlers.identity(_Context(b"0", b"2")) == "0"  # type: ignore[arg-type]
+    assert handlers.identity(_Context(b"0", b"2")) == "0"
 
 
 def test_a_corrupt_revocation_file_keeps_the_last_good_list(tmp_path: Path, caplog) -> None:

@@ -2,11 +2,12 @@
 
 :class:`GrpcFleet` is a :class:`~fedloom.server.Fleet` like the in-process one, so the round
 loop does not change. The gRPC service (:mod:`fedloom.transport._service`) calls
-:meth:`GrpcFleet.join`, :meth:`~GrpcFleet.pull`, :meth:`~GrpcFleet.push` and
-:meth:`~GrpcFleet.heartbeat` from its worker threads; the round loop calls
-:meth:`~GrpcFleet.exchange` from its own. An instruction waits in its client's slot until the
-client pulls it; a reply is accepted at most once, only from the client it was addressed to,
-only for the instruction it names, and only while that instruction is outstanding.
+:meth:`GrpcFleet.join`, :meth:`~GrpcFleet.pending`, :meth:`~GrpcFleet.push` and
+:meth:`~GrpcFleet.heartbeat` from its event loop's thread (every call returns at once); the
+round loop calls :meth:`~GrpcFleet.exchange` from its own. An instruction waits in its
+client's slot until the client pulls it; a reply is accepted at most once, only from the client
+it was addressed to, only for the instruction it names, and only while that instruction is
+outstanding.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,6 +70,7 @@ class GrpcFleet:
         self._finished = False
         self.outcome = "done"
         self._dim = 0  # the model's size, from the last instruction that carried it
+        self._listeners: list[Callable[[Collection[str] | None], None]] = []
 
     # ---------------------------------------------------------------- called by the service
 
@@ -95,21 +97,24 @@ class GrpcFleet:
     def finished(self) -> bool:
         return self._finished
 
-    def pull(self, client_id: str, wait: float) -> Outstanding | None:
-        """The client's outstanding instruction, waiting up to ``wait`` seconds for one."""
-        deadline = time.monotonic() + max(0.0, min(wait, 60.0))
+    def pending(self, client_id: str) -> Outstanding | None:
+        """The client's outstanding instruction, if it has one (it does not wait: the service
+        waits for :meth:`on_post` to say there may be one)."""
         with self._cond:
-            while True:
-                slot = self._slots.get(client_id)
-                if slot is None or self._finished:
-                    return None
-                slot.last_seen = time.monotonic()
-                if slot.pending is not None:
-                    return slot.pending
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._cond.wait(left)
+            slot = self._slots.get(client_id)
+            if slot is None or self._finished:
+                return None
+            slot.last_seen = time.monotonic()
+            return slot.pending
+
+    def on_post(self, listener: Callable[[Collection[str] | None], None]) -> None:
+        """Call ``listener(client_ids)`` whenever instructions are posted for those clients,
+        and ``listener(None)`` when the run ends; it is called from the round loop's thread."""
+        self._listeners.append(listener)
+
+    def _posted(self, client_ids: Collection[str] | None) -> None:
+        for listener in self._listeners:
+            listener(client_ids)
 
     def admit(self, client_id: str, message_id: str, size: int) -> str | None:
         """Why a reply whose header names ``message_id`` and declares ``size`` bytes must be
@@ -218,6 +223,7 @@ class GrpcFleet:
                     self._dim = max(self._dim, ins.parameters.shape[0])
                 waiting[cid] = mid
             self._cond.notify_all()
+        self._posted(list(waiting))
         deadline = None if timeout is None else time.monotonic() + timeout
         abandoned = False
         try:
@@ -265,6 +271,7 @@ class GrpcFleet:
             self.outcome = outcome
             self._finished = True
             self._cond.notify_all()
+        self._posted(None)
 
     def close(self) -> None:
         self.finish()

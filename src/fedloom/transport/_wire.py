@@ -21,6 +21,7 @@ from fedloom.transport._proto import fedloom_pb2 as pb
 __all__ = [
     "CHUNK_BYTES",
     "Message",
+    "Reassembler",
     "decode",
     "encode_instruction",
     "encode_reply",
@@ -142,44 +143,76 @@ def encode_signal(run_id: str, kind: str) -> Iterator[pb.Chunk]:
     yield pb.Chunk(header=pb.Header(run_id=run_id, kind=kind))
 
 
+class Reassembler:
+    """A chunk stream reassembled one chunk at a time, so that the caller decides how chunks
+    arrive (a blocking iterator, or an asynchronous stream with a deadline on each chunk).
+
+    ``admit(header, declared_bytes)``, when given, is asked before any blob byte is read: it
+    returns why the message must be refused (a sender with nothing to answer, more bytes than
+    its answer can need), or None. Every refusal is a :class:`WireError`.
+    """
+
+    def __init__(
+        self, max_bytes: int, admit: Callable[[pb.Header, int], str | None] | None = None
+    ) -> None:
+        self._max_bytes = max_bytes
+        self._admit = admit
+        self._header: pb.Header | None = None
+        self._sizes: list[tuple[str, int]] = []
+        self._total = 0
+        self._buffer = bytearray()  # grows as bytes arrive: nothing is reserved for a size
+
+    def feed(self, chunk: pb.Chunk) -> None:
+        """Take the next chunk."""
+        if self._header is None:
+            if chunk.WhichOneof("part") != "header":
+                raise WireError("the stream does not start with a header")
+            self._start(chunk.header)
+            return
+        if chunk.WhichOneof("part") != "data":
+            raise WireError("a second header inside one message")
+        data = chunk.data  # each read of the field builds a new bytes object
+        if len(self._buffer) + len(data) > self._total:
+            raise WireError(f"more data than the {self._total} bytes the header declares")
+        self._buffer += data
+
+    def _start(self, header: pb.Header) -> None:
+        sizes = [(b.name, int(b.size)) for b in header.blobs]
+        total = sum(size for _, size in sizes)
+        if total > self._max_bytes:
+            raise WireError(
+                f"the message declares {total} bytes, more than the limit {self._max_bytes}"
+            )
+        refusal = self._admit(header, total) if self._admit is not None else None
+        if refusal is not None:
+            raise WireError(refusal)
+        if len({name for name, _ in sizes}) != len(sizes):
+            raise WireError("a blob name repeats")
+        self._header, self._sizes, self._total = header, sizes, total
+
+    def message(self) -> Message:
+        """The message, once the stream has ended."""
+        if self._header is None:
+            raise WireError("the stream does not start with a header")
+        got, total = len(self._buffer), self._total
+        if got != total:
+            raise WireError(f"truncated: {got} of {total} declared bytes arrived")
+        spans: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for name, size in self._sizes:
+            spans[name] = (offset, offset + size)
+            offset += size
+        return Message(self._header, memoryview(self._buffer), spans)
+
+
 def decode(
     chunks: Iterable[pb.Chunk],
     max_bytes: int,
     admit: Callable[[pb.Header, int], str | None] | None = None,
 ) -> Message:
-    """Reassemble a chunk stream; :class:`WireError` when it is malformed or over ``max_bytes``.
-
-    ``admit(header, declared_bytes)``, when given, is asked before any blob byte is read: it
-    returns why the message must be refused (a sender with nothing to answer, more bytes than
-    its answer can need), or None.
-    """
-    stream = iter(chunks)
-    first = next(stream, None)
-    if first is None or first.WhichOneof("part") != "header":
-        raise WireError("the stream does not start with a header")
-    header = first.header
-    sizes = [(b.name, int(b.size)) for b in header.blobs]
-    total = sum(size for _, size in sizes)
-    if total > max_bytes:
-        raise WireError(f"the message declares {total} bytes, more than the limit {max_bytes}")
-    refusal = admit(header, total) if admit is not None else None
-    if refusal is not None:
-        raise WireError(refusal)
-    if len({name for name, _ in sizes}) != len(sizes):
-        raise WireError("a blob name repeats")
-    buffer = bytearray()  # grows as bytes arrive: nothing is reserved for a declared size
-    for chunk in stream:
-        if chunk.WhichOneof("part") != "data":
-            raise WireError("a second header inside one message")
-        data = chunk.data  # each read of the field builds a new bytes object
-        if len(buffer) + len(data) > total:
-            raise WireError(f"more data than the {total} bytes the header declares")
-        buffer += data
-    if len(buffer) != total:
-        raise WireError(f"truncated: {len(buffer)} of {total} declared bytes arrived")
-    spans: dict[str, tuple[int, int]] = {}
-    offset = 0
-    for name, size in sizes:
-        spans[name] = (offset, offset + size)
-        offset += size
-    return Message(header, memoryview(buffer), spans)
+    """Reassemble a chunk stream; :class:`WireError` when it is malformed or over ``max_bytes``
+    (``admit`` as for :class:`Reassembler`)."""
+    assembler = Reassembler(max_bytes, admit)
+    for chunk in chunks:
+        assembler.feed(chunk)
+    return assembler.message()
