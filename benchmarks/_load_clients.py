@@ -41,6 +41,7 @@ def main(argv: list[str]) -> None:
             answered[cid] = run_client(options, context, ClientApp())
         except Exception as exc:
             errors[cid] = f"{type(exc).__name__}: {exc}"
+            print(f"ERROR {cid} {errors[cid]}", flush=True)  # kept if the process is killed
 
     threads = [threading.Thread(target=one, args=(i,), daemon=True)
                for i in range(first, first + count)]  # fmt: skip

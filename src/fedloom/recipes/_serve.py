@@ -181,7 +181,13 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
         )
         run_id = store.run_id if store is not None and store.run_id else uuid.uuid4().hex
         fleet = GrpcFleet(run_id, heartbeat_timeout=net.heartbeat_timeout)
-        options = ServerOptions(net.address, tls, model, revoked=_revocation(net.certs))
+        options = ServerOptions(
+            net.address,
+            tls,
+            model,
+            revoked=_revocation(net.certs),
+            heartbeat_seconds=net.heartbeat_timeout / 4,  # a lost beat or two is no departure
+        )
         server, port = start_server(fleet, options)
         outcome = "failed"
         try:

@@ -32,6 +32,8 @@ _RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.FAILED_PRECONDITION,
+    # a call the server dropped unanswered: it is stopping, or too busy to take the call in
+    grpc.StatusCode.CANCELLED,
 )
 _PERMANENT = (
     # gRPC says UNAVAILABLE for these too, but no retry mends them
@@ -73,7 +75,9 @@ class ClientOptions:
 
     ``tls`` is ``(client_cert_pem, client_key_pem, ca_pem)``, or ``None`` for an insecure
     channel, in which case ``client_id`` is sent as unauthenticated metadata. ``give_up`` is how
-    long to keep retrying an unreachable server before exiting. ``features``, the width of
+    long to keep retrying an unreachable server before exiting; ``poll_seconds``, how long one
+    Pull waits for an instruction (the server holds a waiting Pull at no cost, and counts the
+    client as present while it is open). ``features``, the width of
     this client's examples, is sent when joining, so that a server whose model takes another
     refuses the client at once and says why.
     """
@@ -81,7 +85,7 @@ class ClientOptions:
     address: str
     tls: tuple[bytes, bytes, bytes] | None
     client_id: str = ""
-    poll_seconds: float = 5.0
+    poll_seconds: float = 30.0
     give_up: float = 60.0
     max_message_bytes: int = 1 << 31
     features: int | None = None
@@ -105,6 +109,7 @@ class _Session:
         self.pull = self.channel.unary_stream(path + "Pull", ser, pb.Chunk.FromString)
         self.push = self.channel.stream_unary(path + "Push", ser, pb.PushReply.FromString)
         self.beat = self.channel.unary_unary(path + "Heartbeat", ser, pb.HeartbeatReply.FromString)
+        self.pulling = False  # a Pull is open: the server sees this client, no heartbeat needed
 
     def close(self) -> None:
         self.channel.close()
@@ -190,7 +195,10 @@ class _Paused(Exception):
 
 
 def _heartbeats(session: _Session, joined: pb.JoinReply, stop: threading.Event) -> None:
+    """Say this client is alive while it trains or sends (a waiting Pull says so itself)."""
     while not stop.wait(joined.heartbeat_seconds):
+        if session.pulling:
+            continue
         try:
             reply = session.beat(
                 pb.HeartbeatRequest(run_id=joined.run_id), timeout=10, metadata=session.metadata
@@ -199,6 +207,8 @@ def _heartbeats(session: _Session, joined: pb.JoinReply, stop: threading.Event) 
                 return
         except grpc.RpcError:
             continue
+        except ValueError:  # the session closed while this beat was being sent
+            return
 
 
 def _serve(session: _Session, run_id: str, app: ClientApp, ctx: ClientContext) -> int:
@@ -210,11 +220,14 @@ def _serve(session: _Session, run_id: str, app: ClientApp, ctx: ClientContext) -
             timeout=opts.poll_seconds + 60,
             metadata=session.metadata,
         )
+        session.pulling = True
         try:
             message = decode(chunks, opts.max_message_bytes)
         except WireError as exc:
             log.warning("ignored a malformed instruction: %s", exc)
             continue
+        finally:
+            session.pulling = False
         kind = message.header.kind
         if kind == "done":
             log.info("the run is over; answered %d instructions", answered)

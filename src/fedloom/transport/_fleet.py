@@ -12,6 +12,7 @@ outstanding.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -47,6 +48,10 @@ class _Slot:
     last_seen: float
     pending: Outstanding | None = None
     answered: set[str] = field(default_factory=set)
+    listening: int = 0  # Pulls of this client open now: it is there, heartbeats or not
+
+    def alive(self, now: float, timeout: float) -> bool:
+        return self.listening > 0 or now - self.last_seen < timeout
 
 
 class GrpcFleet:
@@ -57,8 +62,8 @@ class GrpcFleet:
     run_id
         The run the clients join; a message for another run is refused.
     heartbeat_timeout
-        A client silent for this long (no heartbeat, pull or push) is taken for gone: it leaves
-        :meth:`clients`, and a round stops waiting for it.
+        A client silent for this long (no heartbeat, pull or push, and no Pull open) is taken
+        for gone: it leaves :meth:`clients`, and a round stops waiting for it.
     """
 
     def __init__(self, run_id: str, *, heartbeat_timeout: float = 15.0) -> None:
@@ -106,6 +111,22 @@ class GrpcFleet:
                 return None
             slot.last_seen = time.monotonic()
             return slot.pending
+
+    @contextlib.contextmanager
+    def listening(self, client_id: str) -> Iterator[None]:
+        """While this is open, ``client_id`` waits in a Pull and counts as alive without
+        heartbeats (a client that goes away ends its Pull, and so this)."""
+        with self._cond:
+            slot = self._slots.get(client_id)
+            if slot is not None:
+                slot.listening += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if slot is not None:
+                    slot.listening -= 1
+                    slot.last_seen = time.monotonic()
 
     def on_post(self, listener: Callable[[Collection[str] | None], None]) -> None:
         """Call ``listener(client_ids)`` whenever instructions are posted for those clients,
@@ -193,7 +214,7 @@ class GrpcFleet:
         now = time.monotonic()
         with self._cond:
             return sorted(
-                cid for cid, s in self._slots.items() if now - s.last_seen < self.heartbeat_timeout
+                cid for cid, s in self._slots.items() if s.alive(now, self.heartbeat_timeout)
             )
 
     def wait_for_clients(self, count: int, timeout: float | None) -> bool:
@@ -253,7 +274,7 @@ class GrpcFleet:
                         return reply
                 now = time.monotonic()
                 for cid in [
-                    c for c in waiting if now - self._slots[c].last_seen > self.heartbeat_timeout
+                    c for c in waiting if not self._slots[c].alive(now, self.heartbeat_timeout)
                 ]:
                     log.warning("client %s timed out (no heartbeat)", cid)
                     del waiting[cid]

@@ -234,17 +234,18 @@ class _Handlers:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, min(wait, MAX_WAIT_SECONDS))  # NaN waits 0 s
         assert self.waiters is not None, "the service waits through its event loop's waiters"
-        while True:
-            event = self.waiters.add(client_id)  # before looking: a post after the look wakes it
-            try:
-                found = None if self.fleet.finished else self.fleet.pending(client_id)
-                left = deadline - loop.time()
-                if found is not None or left <= 0 or self.fleet.finished:
-                    return found
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), left)
-            finally:
-                self.waiters.discard(client_id, event)
+        with self.fleet.listening(client_id):
+            while True:
+                event = self.waiters.add(client_id)  # before looking: a post after it wakes it
+                try:
+                    found = None if self.fleet.finished else self.fleet.pending(client_id)
+                    left = deadline - loop.time()
+                    if found is not None or left <= 0 or self.fleet.finished:
+                        return found
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(event.wait(), left)
+                finally:
+                    self.waiters.discard(client_id, event)
 
     async def push(
         self, raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
