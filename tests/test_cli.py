@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedloom.cli import main
+from fedloom.config import SimulationConfig
 from fedloom.strategy import STRATEGIES
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -40,6 +41,12 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
         (["--straggler-policy", "maybe"], "--straggler-policy must be drop or keep"),
         (["--workers", "0"], "--workers must be at least 1, or auto, got 0"),
         (["--central-test-rows", "0"], "--central-test-rows must be at least 1"),
+        (["--max-examples", "0"], "--max-examples must be from 1 to 2^53"),
+        (["--max-examples", str(2**53 + 1)], "--max-examples must be from 1 to 2^53"),
+        (["--update-norm-multiple", "0.5"], "--update-norm-multiple must be at least 1 (or 0"),
+        (["--update-norm-multiple", "nan"], "--update-norm-multiple must be"),
+        (["--max-update-norm", "-1"], "--max-update-norm must be positive"),
+        (["--max-update-norm", "inf"], "--max-update-norm must be a finite number"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(
@@ -266,3 +273,17 @@ def test_a_run_that_stops_at_its_privacy_budget_says_what_the_next_round_would_c
     assert "1 rounds in" in out and "epsilon spent" in out
     assert "stopped early: round 2 would spend epsilon" in out
     assert "past --target-epsilon 4" in out
+
+
+def test_the_update_bounds_are_settings_a_run_writes_down(tmp_path: Path) -> None:
+    # the defaults are in config.toml, where an operator sees them; 0 turns the screen off
+    out = tmp_path / "run"
+    argv = ["simulate", "--quiet", "--rounds", "1", "--model", "logreg", "--out", str(out)]
+
+    assert main([*argv, "--max-examples", "500", "--max-update-norm", "7.5"]) == 0
+    written = (out / "config.toml").read_text()
+
+    assert "max_examples = 500\n" in written and "update_norm_multiple = 10.0\n" in written
+    assert "max_update_norm = 7.5\n" in written
+    off = SimulationConfig(update_norm_multiple=0).update_bounds()
+    assert (off.max_examples, off.norm_multiple, off.max_norm) == (1 << 32, None, None)

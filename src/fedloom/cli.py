@@ -118,6 +118,17 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
     opt("--byzantine", type=int, help="krum/multi-krum/bulyan: attackers tolerated, f (0)")
     opt("--krum-m", type=int, help="multi-krum: updates averaged, m (n - f)")
     _common_tail(sim)
+    bound = sim.add_argument_group(
+        "what one client's update may weigh", "where the server sees each update (not under "
+        "secure aggregation, whose encoding bounds them)",
+    )  # fmt: skip
+    bound.add_argument("--max-examples", type=int, help="a larger claim is weighed as this (2^32)")
+    bound.add_argument(
+        "--update-norm-multiple",
+        type=float,
+        help="refuse an update whose L2 norm is above this times the round's median (10; 0: off)",
+    )
+    bound.add_argument("--max-update-norm", type=float, help="refuse an update above this norm")
     sec = sim.add_argument_group("secure aggregation")
     sec.add_argument(
         "--secure-aggregation",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from fedloom.errors import ConfigError
+from fedloom.strategy import UpdateBounds
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -88,6 +89,12 @@ class SimulationConfig:
         test rows of clients 0, 1, 2, ... until this many).
     min_clients
         A round fails unless at least this many clients send acceptable updates.
+    max_examples, update_norm_multiple, max_update_norm
+        What one client's update may weigh where the server sees the updates one by one (not
+        under secure aggregation, whose encoding bounds them instead): a reply claiming more
+        than ``max_examples`` examples (2^32) is weighed as that many; an update whose L2 norm
+        is more than ``update_norm_multiple`` (10; 0 turns it off) times the round's median
+        norm, or above ``max_update_norm`` (``None``: no absolute bound), is refused.
     stop_at_accuracy
         End the run after the first round whose central test accuracy reaches this.
     secure_aggregation
@@ -156,6 +163,9 @@ secagg_weight_bound
     test_fraction: float = 0.2
     central_test_rows: int = 10_000
     min_clients: int = 1
+    max_examples: int = 1 << 32
+    update_norm_multiple: float = 10.0
+    max_update_norm: float | None = None
     stop_at_accuracy: float | None = None
     secure_aggregation: str | None = None
     secagg_threshold: float | None = None
@@ -258,6 +268,19 @@ secagg_weight_bound
             )
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, or auto, got {self.workers}")
+        if not 1 <= self.max_examples <= 1 << 53:
+            raise ConfigError(
+                f"--max-examples must be from 1 to 2^53 (float64 sums of weights are exact up "
+                f"to there), got {self.max_examples}"
+            )
+        multiple = self.update_norm_multiple
+        if multiple != 0 and not multiple >= 1:
+            raise ConfigError(
+                f"--update-norm-multiple must be at least 1 (or 0 for no screen), got {multiple}: "
+                "below 1 it would refuse the round's median update itself"
+            )
+        if self.max_update_norm is not None and not self.max_update_norm > 0:
+            raise ConfigError(f"--max-update-norm must be positive, got {self.max_update_norm}")
         if self.engine not in ("local", "ray"):
             raise ConfigError(f"--engine must be local or ray, got {self.engine!r}")
         ray_set = [k for k in ("ray_address", "worker_cpus", "worker_gpus") if getattr(self, k)]
@@ -277,6 +300,12 @@ secagg_weight_bound
             delta = self.local_dp_delta
             sent["local_dp_delta"] = delta if delta is not None else 1e-5
         return sent
+
+    def update_bounds(self) -> UpdateBounds:
+        """What one client's update may weigh (:class:`fedloom.strategy.UpdateBounds`)."""
+        return UpdateBounds(
+            self.max_examples, self.update_norm_multiple or None, self.max_update_norm
+        )
 
     def strategy_options(self) -> dict[str, Any]:
         """The strategy hyperparameters that are set, for :func:`fedloom.strategy.make_strategy`."""

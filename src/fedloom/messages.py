@@ -128,7 +128,8 @@ class Aggregate:
     """The result of aggregating one round's updates.
 
     ``count`` is the number of updates that went in and ``total_weight`` their summed weight
-    as the clients sent it; with no updates, ``vector`` is all zeros and ``count`` is 0.
+    (example counts, each capped by the round's ``max_examples``); with no updates,
+    ``vector`` is all zeros and ``count`` is 0.
     ``metrics`` are what the aggregation itself reports (the next clip norm, say); they go
     into the round's record.
     """

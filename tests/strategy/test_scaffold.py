@@ -130,7 +130,7 @@ def test_server_moves_its_control_variate_by_the_sum_of_changes_over_n() -> None
     answers = {
         "a": _reply("a", [1.0, 1.0], [2.0, 0.0]),
         "b": _reply("b", [3.0, 3.0], [0.0, 4.0]),
-        "c": _reply("c", [100.0, 100.0], None),
+        "c": _reply("c", [9.0, 9.0], None),
     }
 
     # Execute

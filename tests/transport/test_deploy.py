@@ -10,6 +10,7 @@ import collections
 import contextlib
 import shutil
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from _procs import Fedloom, Proc, rounds
@@ -585,6 +587,38 @@ def test_stalled_replies_are_dropped_and_the_others_are_served(tmp_path: Path) -
         assert _push(a, _reply(mid_a, GOOD_A)) == (True, "")
         got = {r.client_id: r.vector.tolist() for r in replies.result(timeout=20)}
         assert got == {"a": GOOD_A, "b": GOOD_B}
+
+
+def test_replies_past_the_servers_limit_are_turned_away_until_one_ends(tmp_path: Path) -> None:
+    with _running(tmp_path, stall_seconds=2.0, pushes_at_once=2) as service:
+        # Prepare: a's two stalled replies are all the server takes at once
+        a, b = service.join("a"), service.join("b")
+        replies = service.exchange({"a": MODEL, "b": MODEL}, timeout=30)
+        mid_a, mid_b = _pull(a).header.message_id, _pull(b).header.message_id
+        release = threading.Event()
+
+        def stalled() -> Iterator[pb.Chunk]:
+            yield _reply(mid_a, GOOD_A)[0]
+            release.wait(30)
+
+        try:
+            opened = [a.push.future(stalled(), timeout=30) for _ in range(2)]
+            time.sleep(0.5)  # both are in
+            # Execute: b's reply while they are open, and again once they are dropped
+            with pytest.raises(grpc.RpcError) as busy:
+                _push(b, _reply(mid_b, GOOD_B))
+            dropped = [f.result(timeout=20).reason for f in opened]
+            again = _push(b, _reply(mid_b, GOOD_B))
+        finally:
+            release.set()
+
+        # Assert: turned away as UNAVAILABLE (which a client retries), then taken
+        assert busy.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "the server is taking 2 replies" in (busy.value.details() or "")
+        assert dropped == ["no bytes for 2 s: a stalled reply is dropped"] * 2
+        assert again == (True, "")
+        assert _push(a, _reply(mid_a, GOOD_A)) == (True, "")
+        assert sorted(r.client_id for r in replies.result(timeout=20)) == ["a", "b"]
 
 
 def test_a_retried_reply_is_acknowledged_and_counted_once(service: Service) -> None:

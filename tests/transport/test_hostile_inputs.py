@@ -18,7 +18,7 @@ from fedloom.errors import DivergedError
 from fedloom.messages import Instruction, Reply
 from fedloom.server import load_checkpoint, run_rounds
 from fedloom.simulation import ScriptedFleet
-from fedloom.strategy import fedavg
+from fedloom.strategy import UpdateBounds, fedavg
 from fedloom.transport import GrpcFleet, ServerOptions
 from fedloom.transport._certs import Revocations, valid_client_id
 from fedloom.transport._service import Refused, _Handlers
@@ -52,7 +52,7 @@ def test_metrics_that_are_not_finite_numbers_with_names_are_dropped(caplog) -> N
 
 def test_a_model_that_overflows_is_never_saved(tmp_path: Path) -> None:
     # Prepare: round 1 is honest; in round 2 a client sends the largest float32 with a huge
-    # weight, and the weighted mean overflows the float32 model
+    # weight, and, with the norm bound off, the weighted mean overflows the float32 model
     def respond(client: str, ins: Instruction) -> Reply:
         if ins.round == 2 and client == "1":
             return _fit(client, ins, [3.4e38], n=2**60)
@@ -66,7 +66,8 @@ def test_a_model_that_overflows_is_never_saved(tmp_path: Path) -> None:
     # Execute / Assert
     with pytest.raises(DivergedError, match="round 2: the new global model is not finite"):
         run_rounds(fleet, fedavg(server_lr=10.0), np.zeros(1, np.float32), rounds=3,
-                   out_dir=tmp_path, spec=spec)  # fmt: skip
+                   out_dir=tmp_path, spec=spec,
+                   bounds=UpdateBounds(norm_multiple=None))  # fmt: skip
     saved = load_checkpoint(tmp_path / "model.npz")
     assert saved.round == 1 and np.isfinite(saved.parameters).all()
 

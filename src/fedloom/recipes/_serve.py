@@ -344,6 +344,7 @@ def _rounds(
         evaluate=evaluate,
         federated_evaluation=test is None,
         min_clients=cfg.min_clients,
+        bounds=cfg.update_bounds(),
         round_timeout=net.round_timeout,
         out_dir=cfg.out,
         spec=trainer.spec,

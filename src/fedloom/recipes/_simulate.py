@@ -337,6 +337,7 @@ def _simulate(
                 evaluate=evaluate if len(test) > 0 else None,
                 federated_evaluation=len(ds.client(0).test) > 0,
                 min_clients=cfg.min_clients,
+                bounds=cfg.update_bounds(),
                 out_dir=cfg.out,
                 spec=tr.spec,
                 on_round=bar,

@@ -22,6 +22,7 @@ from fedloom.strategy import (
     RoundOutcome,
     RoundSteps,
     Strategy,
+    UpdateBounds,
     required_updates,
     requirement,
 )
@@ -120,6 +121,7 @@ def run_rounds(
     resume: LoopState | None = None,
     on_commit: Commit | None = None,
     round_metrics: Callable[[int, RoundOutcome], Mapping[str, float]] | None = None,
+    bounds: UpdateBounds | None = None,
 ) -> RunResult:
     """Train for ``rounds`` rounds and return the final model and the history.
 
@@ -135,6 +137,8 @@ def run_rounds(
     strategy's states; ``on_commit`` is given each new state (to persist it) before the next
     round starts. ``round_metrics(round, outcome)`` adds metrics to each round's record (the
     privacy spent, say), and so does the aggregate (its ``metrics``: the next clip norm, say).
+    ``bounds`` is what one client's reply may weigh (:class:`~fedloom.strategy.UpdateBounds`;
+    its defaults when ``None``).
 
     Raises
     ------
@@ -163,7 +167,7 @@ def run_rounds(
         selected = strategy.sampler.select(available, round)
         ctx = RoundContext(
             round, selected, parameters, config, strategy.aggregator, agg_state,
-            num_clients=len(available), state=mech_state,
+            num_clients=len(available), state=mech_state, bounds=bounds or UpdateBounds(),
         )  # fmt: skip
         outcome = drive(strategy.mechanism.run(ctx), fleet, round_timeout)
         if outcome.aggregate.count < needed:

@@ -23,6 +23,7 @@ from fedloom.strategy._mechanism import (
     RoundMechanism,
     RoundOutcome,
     RoundSteps,
+    UpdateBounds,
 )
 from fedloom.strategy._optimizer import AdaptiveState, ServerAdaptive, ServerOptimizer, ServerSGD
 from fedloom.strategy._robust import Bulyan, Krum, Median, MultiKrum, TrimmedMean
@@ -91,6 +92,7 @@ __all__ = [
     "Strategy",
     "Total",
     "TrimmedMean",
+    "UpdateBounds",
     "WeightedMean",
     "bulyan",
     "check_sum_only",

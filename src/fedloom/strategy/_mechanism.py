@@ -9,6 +9,7 @@ aggregation yields four times. The loop never needs to know which.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import re
@@ -22,9 +23,39 @@ from fedloom.messages import REFUSED, Aggregate, ClientUpdate, Config, Instructi
 from fedloom.params import Vector
 from fedloom.strategy._aggregate import Aggregator
 
-__all__ = ["PlainRound", "RoundContext", "RoundMechanism", "RoundOutcome", "RoundSteps"]
+__all__ = [
+    "PlainRound",
+    "RoundContext",
+    "RoundMechanism",
+    "RoundOutcome",
+    "RoundSteps",
+    "UpdateBounds",
+]
 
 log = logging.getLogger("fedloom.round")
+
+
+MAX_EXAMPLES = 1 << 32
+"""The default cap on the examples one reply is weighted by: sums of up to 2^21 capped weights
+are exact in float64 (whose integers are exact up to 2^53)."""
+
+
+@dataclass(frozen=True)
+class UpdateBounds:
+    """What one client's fit reply can weigh in a round that sees the updates one by one.
+
+    ``max_examples`` caps the example count a reply is weighted by (a larger claim is weighed as
+    this many, and said once a round). An update whose L2 norm is above ``max_norm`` is
+    refused, and so is one above ``norm_multiple`` times the round's median norm: the lower
+    median of every norm the round has seen so far, once it has seen three (the first two wait
+    for the third, or for the end of the round), so that one client cannot set the reference it
+    is judged by. ``None`` turns a bound off. Under secure aggregation the server sees no single
+    update: the encoding's clip and weight bound take their place.
+    """
+
+    max_examples: int = MAX_EXAMPLES
+    norm_multiple: float | None = 10.0
+    max_norm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -32,7 +63,8 @@ class RoundContext:
     """What a mechanism knows about the round it runs.
 
     ``num_clients`` is how many clients were available to sample from; ``state`` is the
-    mechanism's own state from the previous round (from :meth:`RoundMechanism.init` at first).
+    mechanism's own state from the previous round (from :meth:`RoundMechanism.init` at first);
+    ``bounds`` is what one reply may weigh.
     """
 
     round: int
@@ -43,6 +75,7 @@ class RoundContext:
     aggregator_state: Any
     num_clients: int = 0
     state: Any = None
+    bounds: UpdateBounds = UpdateBounds()
 
 
 @dataclass(frozen=True)
@@ -90,11 +123,11 @@ class _FitTally:
         log.warning("round %d: rejected the update of client %s: %s", round, client_id, reason)
         self.rejected[client_id] = reason
 
-    def accept(self, reply: Reply) -> None:
+    def accept(self, reply: Reply, weight: float) -> None:
         self.accepted.append(reply.client_id)
         for key, value in usable_metrics(reply).items():
-            self._sums[key] = self._sums.get(key, 0.0) + value * reply.num_examples
-            self._weights[key] = self._weights.get(key, 0.0) + reply.num_examples
+            self._sums[key] = self._sums.get(key, 0.0) + value * weight
+            self._weights[key] = self._weights.get(key, 0.0) + weight
 
     def metrics(self) -> dict[str, float]:
         return {k: self._sums[k] / self._weights[k] for k in self._sums if self._weights[k] > 0}
@@ -160,23 +193,104 @@ def accepted_updates(
     tally: _FitTally,
     check: Callable[[Reply], str | None] | None = None,
 ) -> Iterator[ClientUpdate]:
-    """The well-formed fit replies as updates weighted by example count; the rest are tallied.
+    """The well-formed fit replies within ``ctx.bounds``, as updates weighted by example count
+    (capped); the rest are tallied with the reason.
 
     ``check``, when given, is a mechanism's own test of a reply (its payload, say): it returns
-    why the reply must be refused, or None; it runs after the built-in checks pass.
+    why the reply must be refused, or None; it runs once the reply has passed every other test.
     """
     seen: set[str] = set()
     dim = ctx.parameters.shape[0]
+    screen = _NormScreen(ctx.bounds, ctx.round, tally)
     for reply in replies:
         problem = fit_problem(reply, ctx, seen, dim)
-        if problem is None and check is not None:
-            problem = check(reply)
         if problem is not None or reply.vector is None:
             tally.reject(reply.client_id, problem or "no update vector", ctx.round)
             continue
         seen.add(reply.client_id)
-        tally.accept(reply)
-        yield ClientUpdate(reply.client_id, reply.vector, float(reply.num_examples), reply.metrics)
+        for passed in screen.admit(reply):
+            update = _accepted(passed, ctx, tally, check)
+            if update is not None:
+                yield update
+    for passed in screen.rest():
+        update = _accepted(passed, ctx, tally, check)
+        if update is not None:
+            yield update
+
+
+def _accepted(
+    reply: Reply, ctx: RoundContext, tally: _FitTally, check: Callable[[Reply], str | None] | None
+) -> ClientUpdate | None:
+    problem = check(reply) if check is not None else None
+    if problem is not None or reply.vector is None:
+        tally.reject(reply.client_id, problem or "no update vector", ctx.round)
+        return None
+    cap = ctx.bounds.max_examples
+    if reply.num_examples > cap:
+        log.warning(
+            "round %d: client %s claims %d examples; weighed as %d (--max-examples)",
+            ctx.round, reply.client_id, reply.num_examples, cap,
+        )  # fmt: skip
+    weight = float(min(reply.num_examples, cap))
+    tally.accept(reply, weight)
+    return ClientUpdate(reply.client_id, reply.vector, weight, reply.metrics)
+
+
+_SCREEN_WARMUP = 3
+"""How many norms a round sees before it judges an update by their median."""
+
+
+class _NormScreen:
+    """Refuses the updates whose norm is out of :class:`UpdateBounds`, streaming: only the
+    first :data:`_SCREEN_WARMUP` - 1 updates are held, until the reference exists."""
+
+    def __init__(self, bounds: UpdateBounds, round: int, tally: _FitTally) -> None:
+        self.bounds = bounds
+        self.round = round
+        self.tally = tally
+        self.norms: list[float] = []  # sorted: every norm seen this round
+        self.held: list[tuple[Reply, float]] = []
+
+    def admit(self, reply: Reply) -> list[Reply]:
+        """The replies that pass now (this one, or it and the held ones); refusals tallied."""
+        assert reply.vector is not None
+        with np.errstate(over="ignore"):
+            norm = float(np.linalg.norm(reply.vector))
+        if not math.isfinite(norm):  # past float32's range: its size, for the reason
+            norm = float(np.linalg.norm(reply.vector.astype(np.float64)))
+        limit = self.bounds.max_norm
+        if limit is not None and not norm <= limit:
+            self.tally.reject(
+                reply.client_id,
+                f"update norm {norm:.4g} is above the bound {limit:g} (--max-update-norm)",
+                self.round,
+            )
+            return []
+        if self.bounds.norm_multiple is None:
+            return [reply]
+        bisect.insort(self.norms, norm)
+        self.held.append((reply, norm))
+        return self.rest() if len(self.norms) >= _SCREEN_WARMUP else []
+
+    def rest(self) -> list[Reply]:
+        """The held replies that pass against the median of every norm seen so far."""
+        multiple = self.bounds.norm_multiple
+        held, self.held = self.held, []
+        if multiple is None or not held:
+            return [reply for reply, _ in held]
+        median = self.norms[(len(self.norms) - 1) // 2]
+        passed = []
+        for reply, norm in held:
+            if median > 0 and not norm <= multiple * median:
+                self.tally.reject(
+                    reply.client_id,
+                    f"update norm {norm:.4g} is more than {multiple:g} times the round's "
+                    f"median {median:.4g} (--update-norm-multiple)",
+                    self.round,
+                )
+            else:
+                passed.append(reply)
+        return passed
 
 
 @dataclass(frozen=True)

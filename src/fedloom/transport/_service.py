@@ -3,7 +3,9 @@
 It runs on gRPC's asyncio server, in a thread of its own with its own event loop, so a
 connected client costs no thread: a client waiting in a long Pull is a suspended coroutine,
 and so is a reply whose bytes are slow to arrive (each of its chunks must come within
-``stall_seconds``, and one client has at most ``pushes_per_client`` replies arriving at once).
+``stall_seconds``, one client has at most ``pushes_per_client`` replies arriving at once, and
+the server at most ``pushes_at_once``: a reply past that is turned away as UNAVAILABLE, and its
+client sends it again).
 The round loop runs in its own thread and talks to the service only through the fleet.
 
 Who is calling comes from the TLS layer: the common name of the client certificate that the
@@ -57,7 +59,9 @@ class ServerOptions:
     server; ``revoked`` returns what is refused now, by client id or by certificate (re-read on
     every call, so revoking takes effect without a restart); ``max_message_bytes`` bounds one
     decoded message. A reply whose next chunk does not arrive within ``stall_seconds`` is
-    dropped, and a client may have at most ``pushes_per_client`` replies arriving at once.
+    dropped; a client may have at most ``pushes_per_client`` replies arriving at once, and the
+    server at most ``pushes_at_once`` (each holds at most the reply limit its instruction
+    allows, :meth:`~fedloom.transport.GrpcFleet.reply_limit`).
     """
 
     address: str
@@ -68,6 +72,7 @@ class ServerOptions:
     heartbeat_seconds: float = 3.0
     stall_seconds: float = 30.0
     pushes_per_client: int = 2
+    pushes_at_once: int = 256
 
 
 class Refused(Exception):
@@ -127,6 +132,7 @@ class _Handlers:
         self._pins: dict[str, int] = {}  # client id -> the serial of the certificate it uses
         self._pin_lock = threading.Lock()
         self._arriving: collections.Counter[str] = collections.Counter()  # replies in flight
+        self._arriving_total = 0
 
     def identity(self, context: Any) -> str:
         """The caller's client id; :class:`Refused` when it has none, a malformed one, or a
@@ -256,13 +262,25 @@ class _Handlers:
             reason = f"{limit} replies from this client are already arriving; send one at a time"
             log.warning("refused a reply from %s: %s", client_id, reason)
             return pb.PushReply(accepted=False, reason=reason)
+        if self._arriving_total >= self.options.pushes_at_once:
+            log.warning("turned away a reply from %s: %d are arriving", client_id,
+                        self._arriving_total)  # fmt: skip
+            await _abort(
+                context,
+                Refused(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the server is taking {self._arriving_total} replies; send again shortly",
+                ),
+            )
         self._arriving[client_id] += 1
+        self._arriving_total += 1
         try:
             message = await self.received(client_id, raw)
         except WireError as exc:
             log.warning("refused a reply from %s: %s", client_id, exc)
             return pb.PushReply(accepted=False, reason=str(exc))
         finally:
+            self._arriving_total -= 1
             self._arriving[client_id] -= 1
             if not self._arriving[client_id]:
                 del self._arriving[client_id]
