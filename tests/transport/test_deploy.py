@@ -30,7 +30,7 @@ from fedloom.recipes import simulate
 from fedloom.server import RunResult, RunStore, load_checkpoint, run_rounds
 from fedloom.strategy import RoundOutcome, make_strategy
 from fedloom.transport._certs import Credentials, create_federation
-from fedloom.transport._client import ClientOptions, _Session, run_client
+from fedloom.transport._client import ClientOptions, _send, _Session, run_client
 from fedloom.transport._fleet import GrpcFleet
 from fedloom.transport._proto import fedloom_pb2 as pb
 from fedloom.transport._service import SERVICE, ServerOptions, start_server
@@ -512,6 +512,26 @@ def test_a_client_with_nothing_to_answer_is_refused_at_its_header(service: Servi
     assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB kept for a refused header"
 
 
+def test_a_client_the_round_waits_for_no_reply_from_holds_no_reply_open(service: Service) -> None:
+    # Prepare: b is joined but has no instruction; its 70 replies send no byte at all
+    b = service.join("b")
+    release = threading.Event()
+
+    def silent() -> Iterator[pb.Chunk]:
+        release.wait(30)
+        yield from ()
+
+    try:
+        # Execute
+        opened = [b.push.future(silent(), timeout=30) for _ in range(70)]
+        answers = collections.Counter(f.result(timeout=5).reason for f in opened)
+    finally:
+        release.set()
+
+    # Assert: each refused at once (within the 5 s, not after the 30 s stall)
+    assert answers == {"answers no outstanding instruction (stale, replayed or misrouted)": 70}
+
+
 def test_bytes_that_are_not_chunks_are_refused_and_the_exchange_goes_on(service: Service) -> None:
     # Prepare
     a = service.join("a")
@@ -604,19 +624,21 @@ def test_replies_past_the_servers_limit_are_turned_away_until_one_ends(tmp_path:
         try:
             opened = [a.push.future(stalled(), timeout=30) for _ in range(2)]
             time.sleep(0.5)  # both are in
-            # Execute: b's reply while they are open, and again once they are dropped
+            # Execute: b's reply while they are open; then as the client runtime sends it
             with pytest.raises(grpc.RpcError) as busy:
                 _push(b, _reply(mid_b, GOOD_B))
+            answer = Reply("b", 1, "fit", np.array(GOOD_B, F32), 10)
+            sent = service.pool.submit(_send, b, RUN, mid_b, answer)
             dropped = [f.result(timeout=20).reason for f in opened]
-            again = _push(b, _reply(mid_b, GOOD_B))
+            again = sent.result(timeout=20)
         finally:
             release.set()
 
-        # Assert: turned away as UNAVAILABLE (which a client retries), then taken
+        # Assert: turned away as UNAVAILABLE; the runtime sends it again until it is taken
         assert busy.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "the server is taking 2 replies" in (busy.value.details() or "")
         assert dropped == ["no bytes for 2 s: a stalled reply is dropped"] * 2
-        assert again == (True, "")
+        assert (again.accepted, again.reason) == (True, "")
         assert _push(a, _reply(mid_a, GOOD_A)) == (True, "")
         assert sorted(r.client_id for r in replies.result(timeout=20)) == ["a", "b"]
 

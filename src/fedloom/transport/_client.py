@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,8 +21,9 @@ import grpc
 
 from fedloom.client import ClientApp, ClientContext
 from fedloom.errors import ClientError, ConfigError, FedloomError, WireError
+from fedloom.messages import Reply
 from fedloom.transport._proto import fedloom_pb2 as pb
-from fedloom.transport._service import CLIENT_ID_METADATA, FEATURES_METADATA, SERVICE
+from fedloom.transport._service import BUSY, CLIENT_ID_METADATA, FEATURES_METADATA, SERVICE
 from fedloom.transport._wire import decode, encode_reply
 
 __all__ = ["ClientOptions", "permanent_failure", "run_client"]
@@ -211,6 +213,23 @@ def _heartbeats(session: _Session, joined: pb.JoinReply, stop: threading.Event) 
             return
 
 
+def _send(session: _Session, run_id: str, message_id: str, reply: Reply) -> pb.PushReply:
+    """Push ``reply``; while the server says it is busy, send it again after a second or so
+    (up to ``give_up`` seconds), rather than computing it again."""
+    since = time.monotonic()
+    while True:
+        try:
+            result: pb.PushReply = session.push(
+                encode_reply(run_id, message_id, reply), timeout=600, metadata=session.metadata
+            )
+            return result
+        except grpc.RpcError as exc:
+            busy = exc.code() == grpc.StatusCode.UNAVAILABLE and BUSY in (exc.details() or "")
+            if not busy or time.monotonic() - since > session.options.give_up:
+                raise
+            time.sleep(random.uniform(0.5, 1.5))
+
+
 def _serve(session: _Session, run_id: str, app: ClientApp, ctx: ClientContext) -> int:
     answered = 0
     opts = session.options
@@ -247,11 +266,7 @@ def _serve(session: _Session, run_id: str, app: ClientApp, ctx: ClientContext) -
         except ClientError as exc:
             log.warning("%s", exc)
             continue
-        result = session.push(
-            encode_reply(run_id, message.header.message_id, reply),
-            timeout=600,
-            metadata=session.metadata,
-        )
+        result = _send(session, run_id, message.header.message_id, reply)
         if result.accepted:
             answered += 1
         else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 import uuid
@@ -43,11 +44,16 @@ class Outstanding:
     instruction: Instruction
 
 
+RETRY_SECONDS = 120.0
+"""How long after answering a client may send its answer again (its acknowledgement lost)."""
+
+
 @dataclass
 class _Slot:
     last_seen: float
     pending: Outstanding | None = None
     answered: set[str] = field(default_factory=set)
+    answered_at: float = -math.inf  # when it last answered (a lost acknowledgement is retried)
     listening: int = 0  # Pulls of this client open now: it is there, heartbeats or not
 
     def alive(self, now: float, timeout: float) -> bool:
@@ -137,6 +143,19 @@ class GrpcFleet:
         for listener in self._listeners:
             listener(client_ids)
 
+    def expects_reply(self, client_id: str) -> str | None:
+        """Why a reply from ``client_id`` must be refused before any of its bytes is read, or
+        None: the client must have joined and have an instruction outstanding, or have answered
+        one in the last :data:`RETRY_SECONDS` (a retry after a lost acknowledgement). So only
+        the clients a round waits for can hold a reply open."""
+        with self._cond:
+            slot = self._slots.get(client_id)
+            if slot is None:
+                return "unknown client: join first"
+            if slot.pending is None and time.monotonic() - slot.answered_at > RETRY_SECONDS:
+                return "answers no outstanding instruction (stale, replayed or misrouted)"
+            return None
+
     def admit(self, client_id: str, message_id: str, size: int) -> str | None:
         """Why a reply whose header names ``message_id`` and declares ``size`` bytes must be
         refused before its bytes are read, or None: the sender must have joined and be
@@ -204,6 +223,7 @@ class GrpcFleet:
         """The outstanding instruction is answered (well or not): never ask again."""
         slot.pending = None
         slot.answered.add(message_id)
+        slot.answered_at = time.monotonic()
         if reply is not None:
             self._replies.append(reply)
         self._cond.notify_all()

@@ -3,9 +3,10 @@
 It runs on gRPC's asyncio server, in a thread of its own with its own event loop, so a
 connected client costs no thread: a client waiting in a long Pull is a suspended coroutine,
 and so is a reply whose bytes are slow to arrive (each of its chunks must come within
-``stall_seconds``, one client has at most ``pushes_per_client`` replies arriving at once, and
-the server at most ``pushes_at_once``: a reply past that is turned away as UNAVAILABLE, and its
-client sends it again).
+``stall_seconds``; only a client with an instruction outstanding, or just answered, may send
+one; one client has at most ``pushes_per_client`` replies arriving at once, and the server at
+most ``pushes_at_once``: a reply past that is turned away as UNAVAILABLE, and its client sends
+it again).
 The round loop runs in its own thread and talks to the service only through the fleet.
 
 Who is calling comes from the TLS layer: the common name of the client certificate that the
@@ -47,6 +48,10 @@ CLIENT_ID_METADATA = "fedloom-client-id"
 FEATURES_METADATA = "fedloom-features"
 """Join metadata: how many features a client's examples have, checked against the model."""
 
+BUSY = "the server is taking"
+"""How the UNAVAILABLE starts that turns a reply away when the server takes no more at once;
+a client sends that reply again."""
+
 MAX_WAIT_SECONDS = 60.0
 """The longest one Pull waits for an instruction, whatever the client asks."""
 
@@ -72,7 +77,7 @@ class ServerOptions:
     heartbeat_seconds: float = 3.0
     stall_seconds: float = 30.0
     pushes_per_client: int = 2
-    pushes_at_once: int = 256
+    pushes_at_once: int = 1024
 
 
 class Refused(Exception):
@@ -257,6 +262,10 @@ class _Handlers:
         self, raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PushReply:
         client_id = await self.caller(context)
+        unexpected = self.fleet.expects_reply(client_id)
+        if unexpected is not None:  # before any byte: a client the round is not waiting for
+            log.warning("refused a reply from %s: %s", client_id, unexpected)
+            return pb.PushReply(accepted=False, reason=unexpected)
         limit = self.options.pushes_per_client
         if self._arriving[client_id] >= limit:
             reason = f"{limit} replies from this client are already arriving; send one at a time"
@@ -269,7 +278,7 @@ class _Handlers:
                 context,
                 Refused(
                     grpc.StatusCode.UNAVAILABLE,
-                    f"the server is taking {self._arriving_total} replies; send again shortly",
+                    f"{BUSY} {self._arriving_total} replies; send again shortly",
                 ),
             )
         self._arriving[client_id] += 1
