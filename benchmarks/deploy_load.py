@@ -13,11 +13,21 @@ the server process: resident memory (``VmRSS``) and threads (``Threads`` of
 per connected client (the RSS once every client is connected, less the RSS before any, over
 the clients), and what each client process reported. Everything has a deadline: the run is
 killed after ``--limit`` seconds.
+
+With ``--stallers K``, once every client is connected, K more authenticated clients
+(``_stall_clients.py``) join and answer each instruction with ``--stall-streams`` replies that
+never send a byte: the slow-sender attack. Give ``--min-clients`` the honest count, and a
+``--round-timeout`` the rounds can wait out (the stallers never answer)::
+
+    .venv/bin/python benchmarks/deploy_load.py --clients 250 --stallers 250 --per-round 500 \
+        --min-clients 250 --rounds 3 --round-timeout 45 --processes 2 \
+        --json benchmarks/results/deploy_stall.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -63,11 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--processes", type=int, default=4)
     p.add_argument("--limit", type=float, default=480.0)
+    p.add_argument("--stallers", type=int, default=0)
+    p.add_argument("--stall-streams", type=int, default=2)
+    p.add_argument("--min-clients", type=int, help="accepted updates a round needs (per-round)")
+    p.add_argument("--round-timeout", type=float, default=120.0)
     p.add_argument("--json", type=Path, default=HERE / "results" / "deploy_load.json")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="fedloom-load-"))
     fedloom = [sys.executable, "-m", "fedloom"]
-    ids = ",".join(f"c{i}" for i in range(args.clients))
+    ids = ",".join([f"c{i}" for i in range(args.clients)]
+                   + [f"s{i}" for i in range(args.stallers)])  # fmt: skip
     t0 = time.monotonic()
     subprocess.run([*fedloom, "certs", "--out", "certs", "--server-host", "127.0.0.1",
                     "--clients", ids], cwd=work, check=True, capture_output=True)  # fmt: skip
@@ -75,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     err = (work / "server.err").open("wb")
     server = subprocess.Popen(
         [*fedloom, "server", "--certs", "certs", "--address", "127.0.0.1:0", "--model", "logreg",
-         "--dataset", "digits", "--clients", str(args.clients), "--min-clients",
-         str(args.per_round), "--clients-per-round", str(args.per_round), "--rounds",
-         str(args.rounds), "--wait-for-clients", "300", "--out", "run", "--round-timeout", "120"],
+         "--dataset", "digits", "--clients", str(args.clients + args.stallers), "--min-clients",
+         str(args.min_clients or args.per_round), "--clients-per-round", str(args.per_round),
+         "--rounds", str(args.rounds), "--wait-for-clients", "300", "--out", "run",
+         "--round-timeout", str(args.round_timeout)],
         cwd=work, stdout=(work / "server.out").open("wb"), stderr=err,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
@@ -108,22 +124,37 @@ def main(argv: list[str] | None = None) -> int:
     while server.poll() is None and time.monotonic() - started < args.limit:
         try:
             rss, threads = _status(server.pid)
-        except OSError:
+        except (OSError, KeyError):  # gone, or a zombie with no memory left to report
             break
         joined = _connections(int(port))
         now = time.monotonic() - started
         samples.append({"t": now, "rss_kib": rss, "threads": threads, "joined": joined})
         if all_joined_at is None and joined >= args.clients:
             all_joined_at = now
+            if args.stallers:
+                stallers = subprocess.Popen(
+                    [sys.executable, str(HERE / "_stall_clients.py"), port, str(work / "certs"),
+                     str(args.stallers), str(args.stall_streams), str(args.limit)],
+                    cwd=work, stdout=(work / "stall.out").open("wb"), stderr=subprocess.STDOUT,
+                )  # fmt: skip
+                loaders.append(stallers)
         time.sleep(0.2)
     timed_out = server.poll() is None
     for proc in (server, *loaders):
+        if proc is not server and not timed_out:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(60)  # clients hear the run is over (stallers once their replies end)
         if proc.poll() is None:
             proc.kill()
         proc.wait()
     history_file = work / "run" / "history.json"
     history = json.loads(history_file.read_text()) if history_file.exists() else None
     reports = []
+    stalled = None
+    if args.stallers and (work / "stall.out").exists():
+        text = (work / "stall.out").read_text(errors="replace")
+        line = next((ln for ln in text.splitlines() if ln.startswith("RESULT ")), None)
+        stalled = json.loads(line[7:])["ends"] if line else {"tail": text[-2000:]}
     for k in range(args.processes):
         text = (work / f"load{k}.out").read_text(errors="replace")
         line = next((ln for ln in text.splitlines() if ln.startswith("RESULT ")), None)
@@ -135,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         "clients": args.clients,
         "per_round": args.per_round,
         "processes": args.processes,
+        "stallers": args.stallers,
+        "stall_streams": args.stall_streams,
+        "stalled_replies_ended": stalled,
         "certs_s": certs_s,
         "idle": {"rss_mib": idle_rss / 1024, "threads": idle_threads},
         "all_joined_after_s": all_joined_at,

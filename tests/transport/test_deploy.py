@@ -842,3 +842,20 @@ def test_a_client_reissued_after_revocation_joins_and_its_old_certificate_stays_
     for client in clients:
         assert fedloom.wait(client, 30) == 0, fedloom.logs()
     assert [r["clients"] for r in rounds(tmp_path / "run") or []] == [3, 3]
+
+
+def test_the_server_waits_until_every_client_still_there_has_heard_the_run_ended(
+    service: Service,
+) -> None:
+    # Prepare: a and b joined; only a asks for its next instruction after the end
+    a, _ = service.join("a"), service.join("b")
+    service.fleet.finish()
+
+    # Execute
+    before = service.fleet.wait_told(0.2)
+    signal = _pull(a).header.kind
+    a_told = service.fleet.wait_told(0.2)
+    service.fleet.told("b")  # as a Pull of b would
+
+    # Assert: b, silent but within its heartbeat timeout, is waited for until it is told
+    assert (before, signal, a_told, service.fleet.wait_told(0.2)) == (False, "done", False, True)

@@ -13,7 +13,6 @@ import importlib
 import logging
 import math
 import pickle
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +230,9 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
             return RunResult(latest.parameters, latest.history, why)
         finally:
             fleet.finish(outcome)
-            time.sleep(min(2.0, net.heartbeat_timeout))  # let clients hear "done"
+            # every client still there hears how the run ended (a silent one is waited for
+            # up to its heartbeat timeout, at most 10 s)
+            fleet.wait_told(min(10.0, net.heartbeat_timeout))
             server.stop(grace=1.0)
     finally:
         if store is not None:

@@ -55,6 +55,7 @@ class _Slot:
     answered: set[str] = field(default_factory=set)
     answered_at: float = -math.inf  # when it last answered (a lost acknowledgement is retried)
     listening: int = 0  # Pulls of this client open now: it is there, heartbeats or not
+    told: bool = False  # a Pull has given it the run's outcome
 
     def alive(self, now: float, timeout: float) -> bool:
         return self.listening > 0 or now - self.last_seen < timeout
@@ -313,6 +314,30 @@ class GrpcFleet:
             self._finished = True
             self._cond.notify_all()
         self._posted(None)
+
+    def told(self, client_id: str) -> None:
+        """A Pull has given ``client_id`` the run's outcome."""
+        with self._cond:
+            slot = self._slots.get(client_id)
+            if slot is not None:
+                slot.told = True
+                self._cond.notify_all()
+
+    def wait_told(self, timeout: float) -> bool:
+        """After :meth:`finish`: wait up to ``timeout`` seconds until every client still alive
+        has been given the outcome (so that none is left retrying a server that has gone);
+        False if some were not."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                untold = [c for c, s in self._slots.items()
+                          if not s.told and s.alive(now, self.heartbeat_timeout)]  # fmt: skip
+                if not untold or now >= deadline:
+                    if untold:
+                        log.info("%d client(s) did not hear that the run ended", len(untold))
+                    return not untold
+                self._cond.wait(min(0.5, deadline - now))
 
     def close(self) -> None:
         self.finish()

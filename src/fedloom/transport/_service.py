@@ -230,9 +230,12 @@ class _Handlers:
             )
         outstanding = await self.next_instruction(client_id, request.wait_seconds)
         if outstanding is None:
-            kind = self.fleet.outcome if self.fleet.finished else "wait"
+            finished = self.fleet.finished
+            kind = self.fleet.outcome if finished else "wait"
             for chunk in encode_signal(self.fleet.run_id, kind):
                 yield chunk
+            if finished:
+                self.fleet.told(client_id)
             return
         for chunk in encode_instruction(
             self.fleet.run_id, outstanding.message_id, outstanding.instruction
