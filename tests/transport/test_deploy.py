@@ -584,26 +584,43 @@ def test_clients_waiting_for_work_hold_no_server_thread(service: Service) -> Non
     assert [r.client_id for r in replies.result(timeout=20)] == ["a"]
 
 
+@dataclass
+class Stalled:
+    """Clients a and b with an instruction each, and ``opened``: a's replies that sent their
+    (admissible) header and then nothing."""
+
+    a: _Session
+    b: _Session
+    mid_a: str
+    mid_b: str
+    replies: Future[Any]
+    opened: list[Any]
+
+
+@contextlib.contextmanager
+def _stalling(service: Service, count: int) -> Iterator[Stalled]:
+    a, b = service.join("a"), service.join("b")
+    replies = service.exchange({"a": MODEL, "b": MODEL}, timeout=30)
+    mid_a, mid_b = _pull(a).header.message_id, _pull(b).header.message_id
+    release = threading.Event()
+
+    def stalled() -> Iterator[pb.Chunk]:
+        yield _reply(mid_a, GOOD_A)[0]
+        release.wait(30)
+
+    try:
+        opened = [a.push.future(stalled(), timeout=30) for _ in range(count)]
+        yield Stalled(a, b, mid_a, mid_b, replies, opened)
+    finally:
+        release.set()
+
+
 def test_stalled_replies_are_dropped_and_the_others_are_served(tmp_path: Path) -> None:
-    with _running(tmp_path, stall_seconds=3.0) as service:
-        # Prepare: a opens 70 replies that send their (admissible) header and then nothing
-        a, b = service.join("a"), service.join("b")
-        replies = service.exchange({"a": MODEL, "b": MODEL}, timeout=30)
-        mid_a, mid_b = _pull(a).header.message_id, _pull(b).header.message_id
-        release = threading.Event()
-
-        def stalled() -> Iterator[pb.Chunk]:
-            yield _reply(mid_a, GOOD_A)[0]
-            release.wait(30)
-
-        try:
-            opened = [a.push.future(stalled(), timeout=30) for _ in range(70)]
-            # Execute: b is heard while a's streams are open
-            beat = b.beat(pb.HeartbeatRequest(run_id=RUN), timeout=5)
-            b_answer = _push(b, _reply(mid_b, GOOD_B))
-            answers = collections.Counter(f.result(timeout=20).reason for f in opened)
-        finally:
-            release.set()
+    with _running(tmp_path, stall_seconds=3.0) as service, _stalling(service, 70) as st:
+        # Execute: b is heard while a's 70 streams are open
+        beat = st.b.beat(pb.HeartbeatRequest(run_id=RUN), timeout=5)
+        b_answer = _push(st.b, _reply(st.mid_b, GOOD_B))
+        answers = collections.Counter(f.result(timeout=20).reason for f in st.opened)
 
         # Assert: two streams are let in and dropped when they stall; the rest are refused
         # at once; a's instruction is still open, so its honest reply is taken
@@ -612,43 +629,32 @@ def test_stalled_replies_are_dropped_and_the_others_are_served(tmp_path: Path) -
             "2 replies from this client are already arriving; send one at a time": 68,
             "no bytes for 3 s: a stalled reply is dropped": 2,
         }
-        assert _push(a, _reply(mid_a, GOOD_A)) == (True, "")
-        got = {r.client_id: r.vector.tolist() for r in replies.result(timeout=20)}
+        assert _push(st.a, _reply(st.mid_a, GOOD_A)) == (True, "")
+        got = {r.client_id: r.vector.tolist() for r in st.replies.result(timeout=20)}
         assert got == {"a": GOOD_A, "b": GOOD_B}
 
 
 def test_replies_past_the_servers_limit_are_turned_away_until_one_ends(tmp_path: Path) -> None:
-    with _running(tmp_path, stall_seconds=2.0, pushes_at_once=2) as service:
-        # Prepare: a's two stalled replies are all the server takes at once
-        a, b = service.join("a"), service.join("b")
-        replies = service.exchange({"a": MODEL, "b": MODEL}, timeout=30)
-        mid_a, mid_b = _pull(a).header.message_id, _pull(b).header.message_id
-        release = threading.Event()
-
-        def stalled() -> Iterator[pb.Chunk]:
-            yield _reply(mid_a, GOOD_A)[0]
-            release.wait(30)
-
-        try:
-            opened = [a.push.future(stalled(), timeout=30) for _ in range(2)]
-            time.sleep(0.5)  # both are in
-            # Execute: b's reply while they are open; then as the client runtime sends it
-            with pytest.raises(grpc.RpcError) as busy:
-                _push(b, _reply(mid_b, GOOD_B))
-            answer = Reply("b", 1, "fit", np.array(GOOD_B, F32), 10)
-            sent = service.pool.submit(_send, b, RUN, mid_b, answer)
-            dropped = [f.result(timeout=20).reason for f in opened]
-            again = sent.result(timeout=20)
-        finally:
-            release.set()
+    with (
+        _running(tmp_path, stall_seconds=2.0, pushes_at_once=2) as service,
+        _stalling(service, 2) as st,  # a's two stalled replies are all the server takes
+    ):
+        time.sleep(0.5)  # both are in
+        # Execute: b's reply while they are open; then as the client runtime sends it
+        with pytest.raises(grpc.RpcError) as busy:
+            _push(st.b, _reply(st.mid_b, GOOD_B))
+        answer = Reply("b", 1, "fit", np.array(GOOD_B, F32), 10)
+        sent = service.pool.submit(_send, st.b, RUN, st.mid_b, answer)
+        dropped = [f.result(timeout=20).reason for f in st.opened]
+        again = sent.result(timeout=20)
 
         # Assert: turned away as UNAVAILABLE; the runtime sends it again until it is taken
         assert busy.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "the server is taking 2 replies" in (busy.value.details() or "")
         assert dropped == ["no bytes for 2 s: a stalled reply is dropped"] * 2
         assert (again.accepted, again.reason) == (True, "")
-        assert _push(a, _reply(mid_a, GOOD_A)) == (True, "")
-        assert sorted(r.client_id for r in replies.result(timeout=20)) == ["a", "b"]
+        assert _push(st.a, _reply(st.mid_a, GOOD_A)) == (True, "")
+        assert sorted(r.client_id for r in st.replies.result(timeout=20)) == ["a", "b"]
 
 
 def test_a_retried_reply_is_acknowledged_and_counted_once(service: Service) -> None:
