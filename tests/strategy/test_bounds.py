@@ -5,12 +5,15 @@ whatever order the replies arrive in."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import pytest
 
 from fedloom.messages import Instruction, Reply
+from fedloom.privacy import CentralDP
 from fedloom.strategy import (
+    Chain,
     PlainRound,
     RoundContext,
     RoundOutcome,
@@ -25,11 +28,12 @@ def _fit(cid: str, values: list[float], n: int = 10, **metrics: float) -> Reply:
     return Reply(cid, 1, "fit", np.array(values, F32), n, dict(metrics))
 
 
-def _round(replies: list[Reply], bounds: UpdateBounds) -> RoundOutcome:
+def _round(replies: list[Reply], bounds: UpdateBounds, aggregator: Any = None) -> RoundOutcome:
     dim = replies[0].vector.shape[0]  # type: ignore[union-attr]
+    aggregator = aggregator or WeightedMean()
     ctx = RoundContext(
-        1, [r.client_id for r in replies], np.zeros(dim, F32), {}, WeightedMean(), None,
-        bounds=bounds,
+        1, [r.client_id for r in replies], np.zeros(dim, F32), {}, aggregator,
+        aggregator.init(dim), bounds=bounds,
     )  # fmt: skip
     steps = PlainRound().run(ctx)
     instructions: dict[str, Instruction] = next(steps)
@@ -108,3 +112,15 @@ def test_a_round_whose_median_update_is_zero_refuses_no_update_for_its_size() ->
     outcome = _round(replies, UpdateBounds())
 
     assert outcome.accepted == ("a", "b", "c") and not outcome.rejected
+
+
+def test_under_central_dp_no_update_is_refused_for_what_the_others_are() -> None:
+    # the noise's sensitivity counts each client alone: the clip bounds the huge update instead
+    chain = Chain((CentralDP(clip_norm=1.0, noise_multiplier=0.0, expected_clients=3, seed=0),))
+    replies = [_fit("a", [0.5]), _fit("b", [0.5]), _fit("huge", [100.0])]
+
+    outcome = _round(replies, UpdateBounds(), chain)
+
+    # (0.5 + 0.5 + 1.0, the huge one clipped to norm 1) / 3
+    assert outcome.accepted == ("a", "b", "huge") and not outcome.rejected
+    np.testing.assert_allclose(outcome.aggregate.vector, [2.0 / 3], rtol=1e-6)

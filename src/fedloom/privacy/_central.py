@@ -105,6 +105,10 @@ class CentralDP:
     seed: int | None = None
 
     name: ClassVar[str] = "--dp central"
+    counts_each_update_alone: ClassVar[bool] = True
+    """One client moves the noised sum by at most C only if no other update is kept or refused
+    because of it: a screen by the round's median norm would void that (clipping bounds the
+    norms instead)."""
     side: ClassVar[Literal["server"]] = "server"
     linear: ClassVar[bool] = False
     alternative: ClassVar[str] = (

@@ -115,6 +115,12 @@ class Chain:
         return max((int(getattr(link, "min_contributors", 0)) for link in self.links), default=0)
 
     @property
+    def counts_each_update_alone(self) -> bool:
+        """Does a link's guarantee hold only if no update is kept or refused for what the
+        other updates are (central DP's sensitivity)? Then the round's median screen is off."""
+        return any(getattr(link, "counts_each_update_alone", False) for link in self.links)
+
+    @property
     def requirement(self) -> str | None:
         need = self.min_contributors
         for link in self.links:

@@ -10,6 +10,7 @@ aggregation yields four times. The loop never needs to know which.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import math
 import re
@@ -50,7 +51,9 @@ class UpdateBounds:
     median of every norm the round has seen so far, once it has seen three (the first two wait
     for the third, or for the end of the round), so that one client cannot set the reference it
     is judged by. ``None`` turns a bound off. Under secure aggregation the server sees no single
-    update: the encoding's clip and weight bound take their place.
+    update: the encoding's clip and weight bound take their place. Under central DP the median
+    screen is off: it would make one update's fate depend on the others, which the noise's
+    sensitivity does not allow; the clip norm bounds every update instead.
     """
 
     max_examples: int = MAX_EXAMPLES
@@ -201,7 +204,10 @@ def accepted_updates(
     """
     seen: set[str] = set()
     dim = ctx.parameters.shape[0]
-    screen = _NormScreen(ctx.bounds, ctx.round, tally)
+    bounds = ctx.bounds
+    if getattr(ctx.aggregator, "counts_each_update_alone", False):
+        bounds = dataclasses.replace(bounds, norm_multiple=None)
+    screen = _NormScreen(bounds, ctx.round, tally)
     for reply in replies:
         problem = fit_problem(reply, ctx, seen, dim)
         if problem is not None or reply.vector is None:
