@@ -208,17 +208,18 @@ def accepted_updates(
     if getattr(ctx.aggregator, "counts_each_update_alone", False):
         bounds = dataclasses.replace(bounds, norm_multiple=None)
     screen = _NormScreen(bounds, ctx.round, tally)
-    for reply in replies:
-        problem = fit_problem(reply, ctx, seen, dim)
-        if problem is not None or reply.vector is None:
-            tally.reject(reply.client_id, problem or "no update vector", ctx.round)
-            continue
-        seen.add(reply.client_id)
-        for passed in screen.admit(reply):
-            update = _accepted(passed, ctx, tally, check)
-            if update is not None:
-                yield update
-    for passed in screen.rest():
+
+    def screened() -> Iterator[Reply]:
+        for reply in replies:
+            problem = fit_problem(reply, ctx, seen, dim)
+            if problem is not None or reply.vector is None:
+                tally.reject(reply.client_id, problem or "no update vector", ctx.round)
+                continue
+            seen.add(reply.client_id)
+            yield from screen.admit(reply)
+        yield from screen.rest()
+
+    for passed in screened():
         update = _accepted(passed, ctx, tally, check)
         if update is not None:
             yield update
@@ -260,11 +261,13 @@ class _NormScreen:
     def admit(self, reply: Reply) -> list[Reply]:
         """The replies that pass now (this one, or it and the held ones); refusals tallied."""
         assert reply.vector is not None
+        limit, multiple = self.bounds.max_norm, self.bounds.norm_multiple
+        if limit is None and multiple is None:
+            return [reply]  # no bound to judge it by: its norm is not needed
         with np.errstate(over="ignore"):
             norm = float(np.linalg.norm(reply.vector))
         if not math.isfinite(norm):  # past float32's range: its size, for the reason
             norm = float(np.linalg.norm(reply.vector.astype(np.float64)))
-        limit = self.bounds.max_norm
         if limit is not None and not norm <= limit:
             self.tally.reject(
                 reply.client_id,
@@ -272,7 +275,7 @@ class _NormScreen:
                 self.round,
             )
             return []
-        if self.bounds.norm_multiple is None:
+        if multiple is None:
             return [reply]
         bisect.insort(self.norms, norm)
         self.held.append((reply, norm))

@@ -44,6 +44,9 @@ class Outstanding:
     instruction: Instruction
 
 
+_UNKNOWN = "unknown client: join first"
+_STALE = "answers no outstanding instruction (stale, replayed or misrouted)"
+
 RETRY_SECONDS = 120.0
 """How long after answering a client may send its answer again (its acknowledgement lost)."""
 
@@ -152,9 +155,9 @@ class GrpcFleet:
         with self._cond:
             slot = self._slots.get(client_id)
             if slot is None:
-                return "unknown client: join first"
+                return _UNKNOWN
             if slot.pending is None and time.monotonic() - slot.answered_at > RETRY_SECONDS:
-                return "answers no outstanding instruction (stale, replayed or misrouted)"
+                return _STALE
             return None
 
     def admit(self, client_id: str, message_id: str, size: int) -> str | None:
@@ -165,14 +168,14 @@ class GrpcFleet:
         with self._cond:
             slot = self._slots.get(client_id)
             if slot is None:
-                return "unknown client: join first"
+                return _UNKNOWN
             if message_id in slot.answered:
                 return None  # a retry: acknowledged without its bytes mattering
             if self._finished:
                 return f"the run is {'over' if self.outcome == 'done' else self.outcome}"
             pending = slot.pending
             if pending is None or pending.message_id != message_id:
-                return "answers no outstanding instruction (stale, replayed or misrouted)"
+                return _STALE
             limit = self.reply_limit(pending.instruction)
         if size > limit:
             return f"the reply declares {size} bytes; an answer to it needs at most {limit}"
@@ -191,7 +194,7 @@ class GrpcFleet:
         with self._cond:
             slot = self._slots.get(client_id)
             if slot is None:
-                return False, "unknown client: join first"
+                return False, _UNKNOWN
             slot.last_seen = time.monotonic()
             if header.message_id in slot.answered:
                 return True, "already accepted (a retry)"
@@ -199,7 +202,7 @@ class GrpcFleet:
             if self._finished:
                 return False, f"the run is {'over' if self.outcome == 'done' else self.outcome}"
             if pending is None or pending.message_id != header.message_id:
-                return False, "answers no outstanding instruction (stale, replayed or misrouted)"
+                return False, _STALE
             ins = pending.instruction
             if header.round != ins.round or header.phase != ins.phase:
                 return False, f"answers round {header.round} phase {header.phase!r}, " \

@@ -137,7 +137,6 @@ class _Handlers:
         self._pins: dict[str, int] = {}  # client id -> the serial of the certificate it uses
         self._pin_lock = threading.Lock()
         self._arriving: collections.Counter[str] = collections.Counter()  # replies in flight
-        self._arriving_total = 0
 
     def identity(self, context: Any) -> str:
         """The caller's client id; :class:`Refused` when it has none, a malformed one, or a
@@ -274,25 +273,22 @@ class _Handlers:
             reason = f"{limit} replies from this client are already arriving; send one at a time"
             log.warning("refused a reply from %s: %s", client_id, reason)
             return pb.PushReply(accepted=False, reason=reason)
-        if self._arriving_total >= self.options.pushes_at_once:
-            log.warning("turned away a reply from %s: %d are arriving", client_id,
-                        self._arriving_total)  # fmt: skip
+        arriving = self._arriving.total()
+        if arriving >= self.options.pushes_at_once:
+            log.warning("turned away a reply from %s: %d are arriving", client_id, arriving)
             await _abort(
                 context,
                 Refused(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"{BUSY} {self._arriving_total} replies; send again shortly",
+                    grpc.StatusCode.UNAVAILABLE, f"{BUSY} {arriving} replies; send again shortly"
                 ),
             )
         self._arriving[client_id] += 1
-        self._arriving_total += 1
         try:
             message = await self.received(client_id, raw)
         except WireError as exc:
             log.warning("refused a reply from %s: %s", client_id, exc)
             return pb.PushReply(accepted=False, reason=str(exc))
         finally:
-            self._arriving_total -= 1
             self._arriving[client_id] -= 1
             if not self._arriving[client_id]:
                 del self._arriving[client_id]
