@@ -24,7 +24,7 @@ import numpy as np
 from fedloom.config import BUILTIN_MODEL_SGD, SimulationConfig, load_toml
 from fedloom.data import DATASETS, PARTITIONS
 from fedloom.errors import ConfigError, DataError, FedloomError
-from fedloom.models import MODELS
+from fedloom.models import EXPORT_FORMATS, MODELS
 from fedloom.simulation import ATTACKS
 from fedloom.strategy import STRATEGIES
 from fedloom.tracking import summary
@@ -284,13 +284,18 @@ def _audit_parser(sub: Any) -> None:
     use.add_argument("--out", metavar="FILE", help="where to write the predictions (CSV)")
     export = sub.add_parser(
         "export",
-        help="a finished run's model as a PyTorch state dict",
+        help="a finished run's model as a PyTorch state dict or ONNX",
         description="Write the final model of a run as a PyTorch state dict: it loads into "
         "fedloom.models.mlp or cnn with the run's shape (RUN_DIR/model.json), and a logreg "
-        "model into torch.nn.Linear(features, classes).",
+        "model into torch.nn.Linear(features, classes). --format onnx writes the same module "
+        "as ONNX (input x: a batch of examples, flattened except for a cnn; output logits); "
+        "it needs fedloom[onnx].",
     )
     export.add_argument("run_dir", metavar="RUN_DIR", help="the run's --out folder")
-    export.add_argument("--out", metavar="FILE", help="where to write it (RUN_DIR/model.pt)")
+    export.add_argument("--format", choices=EXPORT_FORMATS, help="torch (the default) or onnx; "
+                        "an --out ending in .onnx means onnx")  # fmt: skip
+    export.add_argument("--out", metavar="FILE",
+                        help="where to write it (RUN_DIR/model.pt or model.onnx)")  # fmt: skip
 
 
 def _deploy_parsers(sub: Any) -> None:
@@ -646,7 +651,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from fedloom.recipes import export
 
-    print(f"state dict written to {export(args.run_dir, args.out)}")
+    written = export(args.run_dir, args.out, format=args.format)
+    print(f"{'ONNX model' if written.suffix == '.onnx' else 'state dict'} written to {written}")
     return 0
 
 

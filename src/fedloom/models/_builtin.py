@@ -13,10 +13,13 @@ from fedloom.errors import ConfigError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["MODELS", "cnn", "make_trainer", "mlp"]
+__all__ = ["EXPORT_FORMATS", "MODELS", "cnn", "make_trainer", "mlp"]
 
 MODELS = ("mlp", "cnn", "logreg")
 """The names ``--model`` accepts."""
+
+EXPORT_FORMATS = ("torch", "onnx")
+"""What ``fedloom export --format`` writes a built-in model as: a PyTorch state dict, or ONNX."""
 
 
 def mlp(input_dim: int, num_classes: int, hidden: Sequence[int] = (128,)) -> nn.Module:

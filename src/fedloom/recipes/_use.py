@@ -24,10 +24,18 @@ from fedloom._io import atomic_write
 from fedloom.client import LinearTrainer, TorchTrainer
 from fedloom.data import ArrayData, load_client_data
 from fedloom.errors import ConfigError, DataError
-from fedloom.models import make_trainer
+from fedloom.models import EXPORT_FORMATS, make_trainer
 from fedloom.server import load_checkpoint
 
-__all__ = ["MODEL_FILE", "Predictions", "check_out_dir", "export", "predict", "write_model_file"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "MODEL_FILE",
+    "Predictions",
+    "check_out_dir",
+    "export",
+    "predict",
+    "write_model_file",
+]
 
 MODEL_FILE = "model.json"
 """The name of the model's description in a run's folder."""
@@ -148,35 +156,98 @@ def _examples(data: str, label: str, names: Any) -> tuple[np.ndarray, npt.NDArra
     return table.x, table.y if labelled else None
 
 
-def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the run's final model as a PyTorch state dict (``RUN_DIR/model.pt`` by default).
+def export(
+    run_dir: str | Path, out: str | Path | None = None, *, format: str | None = None
+) -> Path:
+    """Write the run's final model as a PyTorch state dict (``RUN_DIR/model.pt`` by default) or,
+    with ``format="onnx"`` (or an ``out`` ending in ``.onnx``), as an ONNX graph
+    (``RUN_DIR/model.onnx``).
 
-    It loads into ``fedloom.models.mlp(...)`` or ``cnn(...)`` with the run's input shape and
-    classes (``model.json`` says which), and a ``logreg`` model into
-    ``torch.nn.Linear(features, classes)``.
+    The state dict loads into ``fedloom.models.mlp(...)`` or ``cnn(...)`` with the run's input
+    shape and classes (``model.json`` says which), and a ``logreg`` model's into
+    ``torch.nn.Linear(features, classes)``. The ONNX graph is that module, written by torch's
+    exporter (``fedloom[onnx]``): one float32 input ``x``, of shape ``(batch, *input_shape)`` for
+    a ``cnn`` and ``(batch, features)`` (the examples flattened) otherwise, and one output
+    ``logits`` of shape ``(batch, classes)``; any batch size.
     """
+    chosen = format or ("onnx" if out is not None and Path(out).suffix == ".onnx" else "torch")
+    if chosen not in EXPORT_FORMATS:
+        raise ConfigError(
+            f"unknown export format {chosen!r}; choose one of: {', '.join(EXPORT_FORMATS)}"
+        )
     try:
         import torch
     except ImportError:
-        raise ConfigError(
-            "fedloom export writes a PyTorch state dict: install fedloom[torch]"
-        ) from None
+        raise ConfigError("fedloom export writes a PyTorch model: install fedloom[torch]") from None
+    if chosen == "onnx":
+        try:
+            import onnxscript  # noqa: F401  (torch's exporter needs it)
+        except ImportError:
+            raise ConfigError(
+                "fedloom export --format onnx needs torch's exporter: install fedloom[onnx]"
+            ) from None
 
-    _, trainer, parameters = _load(run_dir)
-    target = Path(out) if out is not None else Path(run_dir) / "model.pt"
-    if isinstance(trainer, TorchTrainer):
-        trainer.load(parameters)
-        state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    elif isinstance(trainer, LinearTrainer):
-        arrays = trainer.spec.unpack(parameters)
-        state = {k: torch.from_numpy(np.array(arrays[k], copy=True)) for k in ("weight", "bias")}
-    else:  # make_trainer builds one of the two
-        raise ConfigError(f"cannot export a {type(trainer).__name__}")
+    description, trainer, parameters = _load(run_dir)
+    suffix = ".onnx" if chosen == "onnx" else ".pt"
+    target = Path(out) if out is not None else Path(run_dir) / f"model{suffix}"
+    module = _module(trainer, parameters)
     temporary = target.with_name(target.name + ".tmp")
     try:
-        torch.save(state, temporary)
+        if chosen == "onnx":
+            shape = tuple(int(v) for v in description["input_shape"])
+            _write_onnx(module, shape if description["model"] == "cnn" else (math.prod(shape),),
+                        temporary)  # fmt: skip
+        else:
+            torch.save({k: v.detach().clone() for k, v in module.state_dict().items()}, temporary)
         temporary.replace(target)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise DataError(f"cannot write {target}: {exc}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
     return target
+
+
+def _module(trainer: Any, parameters: np.ndarray) -> Any:
+    """The run's final model as a PyTorch module (a logreg model as ``torch.nn.Linear``)."""
+    import torch
+
+    if isinstance(trainer, TorchTrainer):
+        trainer.load(parameters)
+        return trainer.model
+    if isinstance(trainer, LinearTrainer):
+        arrays = trainer.spec.unpack(parameters)
+        classes, features = arrays["weight"].shape
+        linear = torch.nn.Linear(features, classes)
+        linear.load_state_dict(
+            {k: torch.from_numpy(np.array(arrays[k], copy=True)) for k in ("weight", "bias")}
+        )
+        return linear
+    raise ConfigError(f"cannot export a {type(trainer).__name__}")  # make_trainer builds neither
+
+
+def _write_onnx(module: Any, input_shape: tuple[int, ...], path: Path) -> None:
+    """Write ``module`` as ONNX with torch's exporter, the batch dimension left free."""
+    import logging
+    import warnings
+
+    import torch
+
+    # The exporter logs a line for each torchvision operator it cannot register (fedloom's
+    # models use none of them) and warns about its own internals (deprecated pytree calls).
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            program = torch.onnx.export(
+                module.eval(), (torch.zeros((2, *input_shape)),), dynamo=True, verbose=False,
+                input_names=["x"], output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+            )  # fmt: skip
+    finally:
+        registration.setLevel(level)
+    if program is None:  # only the legacy exporter returns nothing
+        raise ConfigError("torch's ONNX exporter wrote no program")
+    program.save(str(path))
