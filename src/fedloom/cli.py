@@ -204,6 +204,12 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
         sim.add_argument(
             "--overwrite", action="store_true", help="replace the run already in --out"
         )
+        sim.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the run in --out after its last round (give --rounds N to extend "
+            "it); it keeps its own settings",
+        )
 
 
 def _workers(text: str) -> int | str:
@@ -439,13 +445,18 @@ _NOT_SETTINGS = {
 }  # fmt: skip
 
 
-def _settings(args: argparse.Namespace) -> SimulationConfig:
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the command line (and its TOML file) gives, and no others."""
     settings: dict[str, Any] = load_toml(args.config) if args.config else {}
     for key, value in vars(args).items():
         if key in _NOT_SETTINGS or value is None:
             continue
         settings[key] = value
-    return SimulationConfig().replace(**settings)
+    return settings
+
+
+def _settings(args: argparse.Namespace) -> SimulationConfig:
+    return SimulationConfig().replace(**_given(args))
 
 
 def _privacy(args: argparse.Namespace) -> int:
@@ -619,17 +630,24 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedloom.recipes import simulate
 
     config = _settings(args)
+    if args.resume and args.overwrite:
+        raise ConfigError("give --resume to continue the run in --out, or --overwrite to "
+                          "replace it, not both")  # fmt: skip
     if (
         config.out is not None
         and (Path(config.out) / "history.json").exists()
-        and not args.overwrite
+        and not (args.overwrite or args.resume)
     ):
         raise ConfigError(
-            f"{config.out} already holds a run (history.json); give another --out, or "
-            "--overwrite to replace it"
+            f"{config.out} already holds a run (history.json); give another --out, --resume "
+            "to continue it, or --overwrite to replace it"
         )
     started = time.perf_counter()
-    result = simulate(config, progress=not args.quiet)
+    with _sigterm_as_interrupt():
+        if args.resume:
+            result = simulate(progress=not args.quiet, resume=True, **_given(args))
+        else:
+            result = simulate(config, progress=not args.quiet)
     _closing(result, time.perf_counter() - started)
     if config.out:
         print(f"history, model and config written to {config.out}/")
@@ -678,7 +696,8 @@ def _closing(result: Any, seconds: float) -> None:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the server as Ctrl-C does: at a clean point, clients told it pauses."""
+    """SIGTERM stops a run as Ctrl-C does: after its last committed round (a server tells its
+    clients it pauses)."""
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

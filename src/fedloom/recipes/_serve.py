@@ -12,7 +12,6 @@ import functools
 import importlib
 import logging
 import math
-import pickle
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,11 @@ from fedloom.errors import ConfigError, DataError, RoundFailedError
 from fedloom.messages import EvalResult
 from fedloom.models import make_trainer
 from fedloom.params import ParamSpec, Vector
+from fedloom.recipes._kept import RUN_DB, committer, loop_state, reopen
 from fedloom.recipes._plan import RunPlan, cohort_size, local_sgd, plan
 from fedloom.recipes._simulate import stopper
 from fedloom.recipes._use import check_out_dir, write_model_file
-from fedloom.server import LoopState, Participation, RoundState, RunResult, RunStore, run_rounds
-from fedloom.strategy import RoundOutcome
+from fedloom.server import RoundState, RunResult, RunStore, run_rounds
 
 __all__ = ["ServeSettings", "load_trainer", "model_description", "serve", "serve_client"]
 
@@ -121,23 +120,11 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
     _check_times(net)
     check_out_dir(cfg.out)
     tls = _tls(net.certs, net.insecure, "server")
-    db = Path(cfg.out) / "run.db"
+    db = Path(cfg.out) / RUN_DB
     store: RunStore | None = None
     try:
         if net.resume:
-            if not db.is_file():
-                raise ConfigError(f"--resume: {db} does not exist; start the run without --resume")
-            store = RunStore(db)
-            stored = store.run_config()
-            cfg = SimulationConfig().replace(**{**stored, "out": cfg.out})  # the folder given
-            state = store.latest()
-            if net.rounds is not None and net.rounds != cfg.rounds:
-                if net.rounds < state.round:
-                    raise ConfigError(
-                        f"--rounds {net.rounds} is fewer than the {state.round} rounds this run "
-                        f"has done; give at least {state.round}"
-                    )
-                cfg = cfg.replace(rounds=net.rounds)
+            store, cfg, state = reopen(cfg.out, net.rounds)
             if state.round >= cfg.rounds:
                 log.warning(
                     "run %s is complete (%d of %d rounds): nothing to resume; give --rounds N "
@@ -196,7 +183,7 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                 params = trainer.init_parameters(cfg.seed)
                 store.create_run(cfg.to_dict(), trainer.spec, params, run_id=run_id)
                 state = store.latest()
-            elif cfg.rounds != stored.get("rounds"):
+            elif cfg.rounds != store.run_config().get("rounds"):
                 store.update_config(cfg.to_dict())
                 log.warning("run %s now ends after round %d", run_id, cfg.rounds)
             else:
@@ -318,20 +305,9 @@ def _rounds(
     cfg, privacy = run.config, run.privacy
     if privacy is not None:
         privacy.replay(state.history)
-    agg, opt, mech = pickle.loads(state.states) if state.states else (None, None, None)
-    resume = LoopState(state.round, state.parameters, state.history, agg, opt, mech)
+    resume, _ = loop_state(state)
     if not fleet.wait_for_clients(cfg.min_clients, net.wait_for_clients):
         raise RoundFailedError(state.round + 1, "join", len(fleet.clients()), cfg.min_clients)
-
-    def commit(loop: LoopState, outcome: RoundOutcome, selected: Any) -> None:
-        states = pickle.dumps((loop.aggregator_state, loop.optimizer_state, loop.mechanism_state))
-        store.commit_round(
-            loop.history.rounds[-1],
-            loop.parameters,
-            states,
-            _participation(outcome, selected),
-            loop.history.info,
-        )
 
     central = test if test is not None and len(test) else None
     evaluate = None if central is None else functools.partial(_evaluate_on, trainer, central)
@@ -350,7 +326,7 @@ def _rounds(
         out_dir=cfg.out,
         spec=trainer.spec,
         resume=resume,
-        on_commit=commit,
+        on_commit=committer(store),
         stop=stopper(cfg, privacy),
         round_metrics=privacy.metrics if privacy is not None else None,
     )
@@ -390,14 +366,6 @@ def _revocation(certs: str | None) -> Any:
         return last[0]
 
     return current
-
-
-def _participation(outcome: RoundOutcome, selected: Any) -> list[Participation]:
-    rows = [Participation(c, "fit", "accepted") for c in outcome.accepted]
-    rows += [Participation(c, "fit", "rejected", r) for c, r in outcome.rejected.items()]
-    seen = set(outcome.accepted) | set(outcome.rejected)
-    rows += [Participation(c, "fit", "dropped") for c in selected if c not in seen]
-    return rows
 
 
 def _map_labels(data: ClientData, names: list[str], server: Any) -> ClientData:

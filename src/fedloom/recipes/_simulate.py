@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,11 +27,13 @@ from fedloom.messages import EvalResult
 from fedloom.models import make_trainer
 from fedloom.params import Vector
 from fedloom.privacy import LocalDP, RunPrivacy
+from fedloom.recipes._kept import RUN_DB, committer, loop_state, reopen
 from fedloom.recipes._plan import RunPlan, local_sgd, plan
 from fedloom.recipes._use import check_out_dir, write_model_file
-from fedloom.server import Fleet, RunResult, run_rounds
+from fedloom.server import Fleet, RoundState, RunResult, RunStore, run_rounds
 from fedloom.simulation import (
     Attack,
+    ClientStates,
     InProcessFleet,
     RayFleet,
     SimulatedConditions,
@@ -48,6 +51,8 @@ from fedloom.strategy import (
 from fedloom.tracking import History, ProgressBar
 
 __all__ = ["builtin_dataset", "builtin_trainer", "conditions_for", "simulate", "stopper"]
+
+log = logging.getLogger("fedloom.simulation")
 
 
 def builtin_dataset(cfg: SimulationConfig) -> FederatedDataset:
@@ -134,9 +139,10 @@ def _fleet(
     *,
     given: tuple[FederatedDataset | None, Trainer | None],
     launch: WorkerLaunch | None,
-) -> tuple[Fleet, dict[str, Any]]:
+) -> tuple[Fleet, Fleet, dict[str, Any]]:
     """The in-process fleet, the worker pool or the Ray fleet, with attackers, dropout and
-    stragglers as the settings ask."""
+    stragglers as the settings ask; that fleet alone (which keeps the clients' state); and the
+    run facts the attack adds to the history."""
     cfg, strategy, cohort = run.config, run.strategy, run.cohort
     side = dataclasses.replace(_ClientSide.of(run, ds), dataset=given[0], trainer=given[1])
     policy = cfg.straggler_policy or strategy.straggler_policy
@@ -162,7 +168,8 @@ def _fleet(
     else:
         fleet = InProcessFleet(ds, trainer, app=ClientApp(mods=side.mods(ds.num_classes)))
     try:
-        return conditions_for(fleet, cfg, policy, custom_trainer=given[1] is not None), side.info()
+        made = conditions_for(fleet, cfg, policy, custom_trainer=given[1] is not None)
+        return made, fleet, side.info()
     except BaseException:
         fleet.close()
         raise
@@ -249,9 +256,16 @@ def simulate(
     trainer: Trainer | None = None,
     strategy: Strategy | str | None = None,
     progress: bool | TextIO = False,
+    resume: bool = False,
     **settings: Any,
 ) -> RunResult:
     """Run a federated simulation and return the final model and its history.
+
+    With ``out`` (a folder), the run is kept there as it goes: ``run.db`` (every round
+    committed), ``model.npz``, ``history.json``, ``config.toml`` and ``model.json``. ``resume``
+    continues the run kept in ``out`` after its last committed round (after a crash, Ctrl-C, or
+    to train it for more ``rounds``), and ends with the model and history an uninterrupted run
+    would have had.
 
     Parameters
     ----------
@@ -262,6 +276,11 @@ def simulate(
         may also be names, like the settings of the same name.
     progress
         Show a progress bar over rounds (on stderr, or on the given stream).
+    resume
+        Continue the run kept in ``out`` with its own settings; of the settings given, only
+        ``rounds`` (to extend it) and where it runs (``workers``, ``engine``, ``ray_address``,
+        ``worker_cpus``, ``worker_gpus``) may differ from the kept ones. Bring the same
+        ``dataset``, ``trainer`` and ``strategy`` objects when the run was given its own.
     **settings
         Any :class:`~fedloom.config.SimulationConfig` field, overriding ``config``.
 
@@ -277,16 +296,60 @@ def simulate(
     if isinstance(strategy, str):
         settings["strategy"], strategy = strategy, None
     cfg = (config or SimulationConfig()).replace(**settings)
+    kept: tuple[RunStore, RoundState] | None = None
+    if resume:
+        store, cfg, state = _reopen(cfg, config, settings)
+        kept = (store, state)
     launch = None
     if cfg.workers > 1 and cfg.engine == "local":
         # started first, so that the workers' imports overlap this process's set-up
         torch_model = cfg.model in ("mlp", "cnn") or isinstance(trainer, TorchTrainer)
         launch = WorkerLaunch(cfg.workers, preload=("fedloom.recipes", "torch")[: 1 + torch_model])
     try:
-        return _simulate(cfg, dataset, trainer, strategy, progress, launch)
+        return _simulate(cfg, dataset, trainer, strategy, progress, launch, kept)
     finally:
         if launch is not None:
             launch.close()
+        if kept is not None:
+            kept[0].close()
+
+
+_WHERE_IT_RUNS = ("workers", "engine", "ray_address", "worker_cpus", "worker_gpus")
+
+
+def _reopen(
+    cfg: SimulationConfig, config: SimulationConfig | None, settings: dict[str, Any]
+) -> tuple[RunStore, SimulationConfig, RoundState]:
+    """The kept run ``cfg.out`` holds, its settings (with the new ``rounds`` and where it runs,
+    when given) and its last committed state; a setting given that differs from the kept one
+    is refused."""
+    if cfg.out is None:
+        raise ConfigError("--resume needs --out DIR, the folder of the run to continue")
+    defaults = SimulationConfig()
+    given = set(settings) | {
+        f.name for f in dataclasses.fields(SimulationConfig)
+        if config is not None and getattr(config, f.name) != getattr(defaults, f.name)
+    }  # fmt: skip
+    store, kept, state = reopen(cfg.out, cfg.rounds if "rounds" in given else None)
+    try:
+        for name in sorted(given - {"rounds", "out", *_WHERE_IT_RUNS}):
+            if getattr(cfg, name) != getattr(kept, name):
+                flag = "--" + name.replace("_", "-")
+                was, now = (_shown(getattr(c, name)) for c in (kept, cfg))
+                raise ConfigError(
+                    f"--resume continues the run in {cfg.out} with its own settings, and its "
+                    f"{flag} is {was}, not {now}: leave {flag} out, or start a new run in "
+                    "another --out"
+                )
+    except BaseException:
+        store.close()
+        raise
+    if state.round >= kept.rounds:
+        log.warning(
+            "the run in %s is complete (%d of %d rounds): nothing to resume; give --rounds N to "
+            "train it further", cfg.out, state.round, kept.rounds,
+        )  # fmt: skip
+    return store, kept.replace(**{k: getattr(cfg, k) for k in _WHERE_IT_RUNS if k in given}), state
 
 
 def _simulate(
@@ -296,6 +359,7 @@ def _simulate(
     strategy: Strategy | None,
     progress: bool | TextIO,
     launch: WorkerLaunch | None,
+    kept: tuple[RunStore, RoundState] | None,
 ) -> RunResult:
     ds = dataset or builtin_dataset(cfg)
     if dataset is not None:
@@ -311,27 +375,52 @@ def _simulate(
     run = plan(cfg, population=ds.num_clients, dim=tr.spec.size, strategy=strategy)
     if cfg.local_dp_noise is not None:
         check_local_dp(cfg, tr, ds)
-    fleet, run_info = _fleet(run, ds, tr, given=(dataset, trainer), launch=launch)
+    fleet, base, run_info = _fleet(run, ds, tr, given=(dataset, trainer), launch=launch)
     test = ds.test
 
     def evaluate(parameters: Vector) -> EvalResult:
         return tr.evaluate(parameters, test)
 
     bar = None
+    store, state = kept if kept is not None else (None, None)
     try:  # from here on, the fleet's workers (processes, Ray actors) are released on any exit
         if cfg.out is not None:
             check_out_dir(cfg.out)
             atomic_write(Path(cfg.out) / "config.toml", cfg.to_toml().encode())
             described = {"input_shape": list(ds.input_shape), "num_classes": ds.num_classes}
             write_model_file(cfg.out, {"model": cfg.model, **described})
+            if store is None:
+                store = _new_store(Path(cfg.out) / RUN_DB)
+                store.create_run(cfg.to_dict(), tr.spec, tr.init_parameters(cfg.seed))
+            elif store.spec() != tr.spec:
+                raise ConfigError(
+                    f"the run in {cfg.out} trained a model of {store.spec().size} parameters; "
+                    f"this trainer's has {tr.spec.size}: give the trainer the run was started with"
+                )
+            elif store.run_config().get("rounds") != cfg.rounds:
+                store.update_config(cfg.to_dict())
+        resumed, clients = loop_state(state) if state is not None else (None, {})
+        if isinstance(base, ClientStates):
+            base.restore_client_states(clients)
+        if run.privacy is not None and resumed is not None:
+            run.privacy.replay(resumed.history)
         if progress is not False:
-            bar = ProgressBar(cfg.rounds, file=None if progress is True else progress)
+            bar = ProgressBar(
+                cfg.rounds,
+                file=None if progress is True else progress,
+                done=resumed.round if resumed is not None else 0,
+            )
+        commit = None
+        if store is not None:
+            commit = committer(
+                store, base.client_states if isinstance(base, ClientStates) else None
+            )
         # after the trainer is made, so that torch (if it uses it) is imported by now
         with _torch_threads(1):
             return run_rounds(
                 fleet,
                 run.strategy,
-                tr.init_parameters(cfg.seed),
+                resumed.parameters if resumed is not None else tr.init_parameters(cfg.seed),
                 rounds=cfg.rounds,
                 client_config=cfg.client_config(),
                 evaluate=evaluate if len(test) > 0 else None,
@@ -344,8 +433,30 @@ def _simulate(
                 run_info=run_info,
                 stop=stopper(cfg, run.privacy),
                 round_metrics=run.privacy.metrics if run.privacy is not None else None,
+                resume=resumed,
+                on_commit=commit,
             )
+    except KeyboardInterrupt:
+        if store is not None:
+            log.warning(
+                "stopped after round %d, the last one committed; continue with --resume",
+                store.latest().round,
+            )
+        raise
     finally:
         fleet.close()
         if bar is not None:
             bar.close()
+        if store is not None and kept is None:
+            store.close()  # a resumed run's store is closed by whoever opened it
+
+
+def _shown(value: Any) -> str:
+    return "unset (its default)" if value is None else repr(value)
+
+
+def _new_store(db: Path) -> RunStore:
+    """A run store at ``db`` for a new run, replacing a finished run's there (``--overwrite``)."""
+    for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    return RunStore(db)

@@ -6,7 +6,7 @@ client's half, which the client runtime's ``secagg_mod`` runs. ``SecAggSettings`
 both sides agree on; how updates become integers is the update chain's business.
 """
 
-from fedloom.secagg._client import advertise, held_secrets, respond, settings_of
+from fedloom.secagg._client import STATE_KEY, advertise, held_secrets, respond, settings_of
 from fedloom.secagg._graph import secagg_plus_degree
 from fedloom.secagg._protocol import KEYS, MASKED, PHASES, SHARE, UNMASK, SecAggSettings
 from fedloom.secagg._server import SecAggRound
@@ -16,6 +16,7 @@ __all__ = [
     "MASKED",
     "PHASES",
     "SHARE",
+    "STATE_KEY",
     "UNMASK",
     "SecAggRound",
     "SecAggSettings",

@@ -50,6 +50,7 @@ from fedloom.secagg._protocol import (
 from fedloom.secagg._shamir import SHARE_BYTES, Y_BYTES, Share, split
 
 __all__ = [
+    "STATE_KEY",
     "advertise",
     "held_secrets",
     "pairwise_mask_seed",
@@ -61,6 +62,7 @@ __all__ = [
 ]
 
 STATE_KEY = "secagg"
+"""Where a client keeps its secure aggregation round (keys, encoded update) in its state."""
 U64 = npt.NDArray[np.uint64]
 
 

@@ -159,6 +159,10 @@ def run_rounds(
     needed = max(min_clients, required_updates(strategy.aggregator))
     out = Path(out_dir) if out_dir is not None else None
     stopped: str | None = None
+    if resume is not None and resume.round > 0 and first <= rounds and stop is not None:
+        why = stop(history)  # a run that stopped early stays stopped when resumed
+        if why:
+            return RunResult(parameters, history, why if isinstance(why, str) else "asked to stop")
     for round in range(first, rounds + 1):
         started = time.perf_counter()
         available = fleet.clients()

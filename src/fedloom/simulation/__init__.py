@@ -7,7 +7,14 @@ from fedloom.simulation._conditions import SimulatedConditions
 from fedloom.simulation._fleet import InProcessFleet
 from fedloom.simulation._pool import WorkerLaunch, WorkerPool
 from fedloom.simulation._ray import RayFleet
-from fedloom.simulation._runner import ClientRunner, Outcome, RunnerSetup, Task, WorkerError
+from fedloom.simulation._runner import (
+    ClientRunner,
+    ClientStates,
+    Outcome,
+    RunnerSetup,
+    Task,
+    WorkerError,
+)
 from fedloom.simulation._scripted import Responder, ScriptedFleet, empty_reply
 
 __all__ = [
@@ -15,6 +22,7 @@ __all__ = [
     "SIGN_FLIP_SCALE",
     "Attack",
     "ClientRunner",
+    "ClientStates",
     "InProcessFleet",
     "Outcome",
     "RayFleet",

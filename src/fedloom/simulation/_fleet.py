@@ -10,6 +10,7 @@ from fedloom.client import ClientApp, ClientContext, Trainer
 from fedloom.data import FederatedDataset
 from fedloom.errors import ClientError, ConfigError
 from fedloom.messages import Instruction, Reply
+from fedloom.simulation._runner import ClientStates
 from fedloom.strategy import NumberedClients
 
 __all__ = ["InProcessFleet"]
@@ -17,7 +18,7 @@ __all__ = ["InProcessFleet"]
 log = logging.getLogger("fedloom.simulation")
 
 
-class InProcessFleet:
+class InProcessFleet(ClientStates):
     """Runs each of a federated dataset's clients in this process when it is sent an instruction.
 
     Clients are named ``"0"``, ``"1"``, ... after their index in the dataset. A client's data

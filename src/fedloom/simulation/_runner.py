@@ -28,6 +28,7 @@ from fedloom.strategy import NumberedClients
 
 __all__ = [
     "ClientRunner",
+    "ClientStates",
     "Dispatcher",
     "Event",
     "Outcome",
@@ -145,7 +146,23 @@ Event = tuple[Slot, Literal["done", "lost", "failed"], Any]
 set up (the reason)."""
 
 
-class Dispatcher:
+class ClientStates:
+    """The simulated clients' own state (``ClientContext.state``, by client id), which a fleet
+    keeps in the driver between rounds; a kept run commits it and a resumed one restores it."""
+
+    _state: dict[str, dict[str, Any]]
+
+    def client_states(self) -> dict[str, dict[str, Any]]:
+        """Each client's own state (``ClientContext.state``) as it stands, by client id; what a
+        kept run commits after every round."""
+        return self._state
+
+    def restore_client_states(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        """Start from ``states`` (those a resumed run committed) before the first round."""
+        self._state = {client_id: dict(state) for client_id, state in states.items()}
+
+
+class Dispatcher(ClientStates):
     """The driver's side of a fleet of workers; a transport subclass moves the messages.
 
     Subclasses set up their workers' :class:`Slot` list in ``self._slots`` and implement

@@ -15,10 +15,14 @@ __all__ = ["ProgressBar", "summary"]
 class ProgressBar:
     """A bar over the run's rounds showing the latest metrics; call it with each round's record."""
 
-    def __init__(self, rounds: int, *, file: TextIO | None = None, disable: bool = False) -> None:
+    def __init__(
+        self, rounds: int, *, file: TextIO | None = None, disable: bool = False, done: int = 0
+    ) -> None:
+        """``done`` rounds are already behind (a resumed run's)."""
         self._bar: Any = tqdm(
-            total=rounds, desc="rounds", unit="round", file=file, disable=disable, leave=True
-        )
+            total=rounds, initial=done, desc="rounds", unit="round", file=file, disable=disable,
+            leave=True,
+        )  # fmt: skip
 
     def __call__(self, record: RoundRecord) -> None:
         shown: dict[str, str] = {}
