@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 # PyTorch (torch>=2.2,<2.14 admits the local 2.13.0 CPU wheel);
 # the demo needs only PyTorch.
 EXTRAS ?= torch,ray,onnx,dev
+DEMO_OUT ?= runs/demo
 
 .PHONY: install demo test test-fast test-slow lint bench clean
 
@@ -19,7 +20,7 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed-$(EXTRAS)
 
 demo: $(VENV)/.installed-torch
-	$(BIN)/fedloom simulate examples/demo.toml --out runs/demo --overwrite
+	$(BIN)/fedloom simulate examples/demo.toml --out $(DEMO_OUT) --overwrite
 	@echo "the fedloom command is in $(BIN)/: run it as $(BIN)/fedloom, or activate the" \
 		"environment first with: . $(BIN)/activate"
 

@@ -32,10 +32,7 @@ def reopen(out: str | Path, rounds: int | None) -> tuple[RunStore, SimulationCon
     """
     db = Path(out) / RUN_DB
     if not db.is_file():
-        raise ConfigError(
-            f"--resume: {db} does not exist (a run keeps it from this version on); start the "
-            "run without --resume"
-        )
+        raise ConfigError(f"--resume: {db} does not exist; start the run without --resume")
     store = RunStore(db)
     try:
         cfg = SimulationConfig().replace(**{**store.run_config(), "out": str(out)})
