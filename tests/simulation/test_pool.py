@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import itertools
 import os
+import pickle
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,8 @@ import fedloom
 from fedloom.client import LinearTrainer
 from fedloom.data import FederatedDataset, load_dataset
 from fedloom.errors import ClientError, ConfigError
-from fedloom.simulation import InProcessFleet, WorkerError, WorkerPool
+from fedloom.messages import Reply
+from fedloom.simulation import InProcessFleet, Outcome, WorkerError, WorkerPool, _pool
 from fedloom.strategy import CountSampler, fedavg
 
 BASE: dict[str, Any] = {
@@ -201,3 +205,81 @@ def test_a_bug_in_a_worker_stops_the_run_with_its_traceback_even_when_dropping()
             fedloom.run_rounds(pool, fedavg(), start, rounds=1)
     finally:
         pool.close()
+
+
+def _outcomes(count: int, size: int) -> list[Outcome]:
+    rng = np.random.default_rng(0)
+    return [
+        Outcome(str(i), Reply(str(i), 1, "fit", rng.normal(size=size).astype(np.float32), 5),
+                {"n": i})
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def test_a_batchs_update_vectors_travel_beside_its_message_and_come_back_whole() -> None:
+    # Prepare: 12 updates of the digits MLP's size (38 KB each), and a batch of one small one
+    outcomes = _outcomes(12, 9610)
+    small = _outcomes(1, 100)
+
+    # Execute
+    kind, body = _pool._done(7, outcomes, itertools.count())
+    file = Path(body[2])
+    on_disk = file.stat().st_size
+    token, landed = _pool._landed(body)
+    plain = _pool._done(7, small, itertools.count())
+
+    # Assert: the message holds no vector (a few hundred bytes, not 461 KB); the driver gets
+    # every vector back equal, in place, and the file is gone
+    assert kind == "done-oob" and on_disk == 12 * 9610 * 4
+    assert all(o.reply is not None and o.reply.vector is None for o in body[1])
+    assert len(pickle.dumps(body)) < 4096
+    assert token == 7 and not file.exists()
+    for sent, got in zip(outcomes, landed, strict=True):
+        assert got.reply is not None and sent.reply is not None
+        np.testing.assert_array_equal(got.reply.vector, sent.reply.vector)
+        assert (got.client_id, got.state, got.reply.num_examples) == (sent.client_id, sent.state, 5)
+    assert plain == ("done", (7, small))
+
+
+def test_a_full_dev_shm_sends_the_vectors_in_the_message_and_leaves_no_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: writing to /dev/shm fails as a full tmpfs does
+    def full(fd: int, buffers: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_pool.os, "writev", full)
+    outcomes = _outcomes(4, 9610)
+
+    # Execute
+    message = _pool._done(3, outcomes, itertools.count())
+
+    # Assert
+    assert message == ("done", (3, outcomes))
+    assert not list(Path("/dev/shm").glob(f"fedloom-{os.getppid()}-{os.getpid()}-*"))
+
+
+def test_the_files_a_dead_worker_left_are_removed_and_no_one_elses() -> None:
+    # Prepare: two workers' unread files (the pids are made up)
+    mine = _pool._vectors_file(os.getpid(), 999_991, 0)
+    other = _pool._vectors_file(os.getpid(), 999_992, 0)
+    for path in (mine, other):
+        path.write_bytes(b"x")
+
+    # Execute
+    _pool._remove_vectors_of(999_991)
+
+    # Assert
+    try:
+        assert not mine.exists() and other.exists()
+    finally:
+        other.unlink()
+
+
+def test_updates_large_enough_to_travel_out_of_band_give_the_model_of_one_process() -> None:
+    # Execute: 40 clients a round on two workers: batches of 5 MLP updates, 192 KB each
+    one, two = _same_run(model="mlp", clients=40, fraction=1.0, rounds=2)
+
+    # Assert: the same model to the bit, and no file left behind
+    np.testing.assert_array_equal(one.parameters, two.parameters)
+    assert not list(Path("/dev/shm").glob(f"fedloom-{os.getpid()}-*"))

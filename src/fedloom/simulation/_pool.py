@@ -4,21 +4,32 @@ Each worker is a fresh interpreter that builds its own population, trainer and c
 once, from a picklable *setup* (it never receives the driver's data), keeps one model, and
 trains the batches of clients it is handed one after another; the dispatch loop is
 :class:`~fedloom.simulation._runner.Dispatcher`'s.
+
+A batch's update vectors do not travel in its pickled message: the worker writes them, with one
+``writev``, to a file in ``/dev/shm`` (memory, not disk) and the driver reads them with one
+``readv`` straight into their arrays, then deletes the file. Through the socket and pickle the
+same megabytes were copied four times and cost the driver more than its own aggregation. Where
+there is no ``/dev/shm``, or it is full, they travel in the message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
+import itertools
 import os
 import pickle
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
 
 from fedloom.errors import ConfigError
 from fedloom.params import Vector
@@ -26,6 +37,7 @@ from fedloom.simulation._runner import (
     ClientRunner,
     Dispatcher,
     Event,
+    Outcome,
     RunnerSetup,
     Slot,
     Task,
@@ -36,6 +48,9 @@ from fedloom.simulation._runner import (
 __all__ = ["WorkerLaunch", "WorkerPool"]
 
 _STOP_WAIT_S = 5.0
+_SHM = Path("/dev/shm")
+_OUT_OF_BAND_BYTES = 1 << 16  # a batch with fewer vector bytes sends them in its message
+_IOV_MAX = 1024  # the most buffers one writev or readv takes (POSIX's minimum)
 _WORKER_ENTRY = (
     "import sys; from multiprocessing.connection import Connection; "
     "from fedloom.simulation._pool import _worker_main; "
@@ -59,6 +74,7 @@ def _worker_main(conn: Connection, preload: str) -> None:
     except Exception as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
+    batches = itertools.count()
     while True:
         try:
             message = conn.recv()
@@ -70,7 +86,65 @@ def _worker_main(conn: Connection, preload: str) -> None:
         if kind == "load":
             runner.load(message[1], message[2])
         else:
-            conn.send(("done", runner.run_batch(message[2], message[1])))
+            conn.send(_done(*runner.run_batch(message[2], message[1]), batches))
+
+
+def _vectors_file(driver: int, worker: int, batch: int | str) -> Path:
+    return _SHM / f"fedloom-{driver}-{worker}-{batch}"
+
+
+def _done(token: int, outcomes: list[Outcome], batches: Iterator[int]) -> tuple[str, Any]:
+    """In a worker: the ``"done"`` message for a batch, its update vectors written to a file
+    in ``/dev/shm`` (``"done-oob"``: the file and each vector's place) when they are many."""
+    lifted = [(i, o.reply.vector) for i, o in enumerate(outcomes)
+              if o.reply is not None and o.reply.vector is not None]  # fmt: skip
+    size = sum(v.nbytes for _, v in lifted)
+    if size < _OUT_OF_BAND_BYTES or len(lifted) > _IOV_MAX or not _SHM.is_dir():
+        return "done", (token, outcomes)
+    path = _vectors_file(os.getppid(), os.getpid(), next(batches))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            written = os.writev(fd, [np.ascontiguousarray(v).data for _, v in lifted])
+        finally:
+            os.close(fd)
+        if written != size:
+            raise OSError(f"wrote {written} of {size} bytes")
+    except OSError:  # full, or not writable: the message carries them
+        path.unlink(missing_ok=True)
+        return "done", (token, outcomes)
+    slim = list(outcomes)
+    shapes = []
+    for i, vector in lifted:
+        reply = outcomes[i].reply
+        assert reply is not None
+        slim[i] = dataclasses.replace(outcomes[i], reply=dataclasses.replace(reply, vector=None))
+        shapes.append((i, vector.dtype.str, vector.shape))
+    return "done-oob", (token, slim, str(path), shapes)
+
+
+def _landed(body: tuple[int, list[Outcome], str, list[Any]]) -> tuple[int, list[Outcome]]:
+    """In the driver: a ``"done-oob"`` batch with its vectors read back from their file (and
+    the file deleted)."""
+    token, outcomes, path, shapes = body
+    arrays = [np.empty(shape, dtype=np.dtype(dtype)) for _, dtype, shape in shapes]
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            read = os.readv(fd, [a.data for a in arrays])
+        finally:
+            os.close(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    if read != sum(a.nbytes for a in arrays):
+        raise WorkerError(f"a worker's update vectors in {path} were cut short")
+    landed = list(outcomes)
+    for (i, _, _), array in zip(shapes, arrays, strict=True):
+        reply = outcomes[i].reply
+        assert reply is not None
+        landed[i] = dataclasses.replace(outcomes[i], reply=dataclasses.replace(reply, vector=array))
+    return token, landed
 
 
 class _Process:
@@ -165,6 +239,8 @@ class WorkerPool(Dispatcher):
             slot = by_conn[conn]
             try:
                 kind, body = slot.handle.conn.recv()
+                if kind == "done-oob":
+                    kind, body = "done", _landed(body)
             except (EOFError, OSError):
                 events.append((slot, "lost", None))
                 continue
@@ -177,6 +253,7 @@ class WorkerPool(Dispatcher):
     def _discard(self, slot: Slot) -> None:
         slot.handle.conn.close()
         _reap(slot.handle.process)
+        _remove_vectors_of(slot.handle.process.pid)
 
     def _describe(self, slot: Slot) -> str:
         return f"pid {slot.handle.process.pid}"
@@ -188,6 +265,7 @@ class WorkerPool(Dispatcher):
         for slot in slots:
             _reap(slot.handle.process)
             slot.handle.conn.close()
+            _remove_vectors_of(slot.handle.process.pid)
 
 
 def pickled(setup: RunnerSetup) -> bytes:
@@ -254,6 +332,12 @@ def _launch(preload: tuple[str, ...]) -> _Process:
     )
     theirs.close()
     return _Process(process, Connection(mine.detach()))
+
+
+def _remove_vectors_of(worker: int) -> None:
+    """Delete the vector files a dead or stopped worker left that the driver did not read."""
+    for path in _SHM.glob(_vectors_file(os.getpid(), worker, "*").name):
+        path.unlink(missing_ok=True)
 
 
 def _reap(process: subprocess.Popen[bytes]) -> None:
