@@ -21,6 +21,7 @@ from fedloom.strategy import (
     RoundOutcome,
     RoundSteps,
     Strategy,
+    UpdateBounds,
     WeightedMean,
     fedavg,
 )
@@ -116,6 +117,29 @@ def test_rejection_reasons_are_specific() -> None:
     assert [u.client_id for u in accepted] == ["1"]
     assert tally.rejected["1"] == "a second update in the same round"
     assert tally.rejected["2"] == "update contains NaN or Inf"
+
+
+@pytest.mark.parametrize(
+    ("values", "refused"),
+    [
+        ([1.0, np.nan, 0.0], True),
+        ([-np.inf, 0.0, 0.0], True),
+        ([np.inf, -np.inf, 0.0], True),  # their squares' sum is NaN, not inf
+        ([3e38, 3e38, 1.0], False),  # finite, though its sum of squares overflows float32
+    ],
+    ids=["nan", "inf", "inf-and-minus-inf", "huge-but-finite"],
+)
+def test_only_an_update_holding_a_nan_or_an_infinity_is_refused_as_one(
+    values: list[float], refused: bool
+) -> None:
+    ctx = RoundContext(1, ["1"], np.zeros(3, np.float32), {}, WeightedMean(), None,
+                       bounds=UpdateBounds(norm_multiple=None))  # fmt: skip
+    tally = _FitTally()
+
+    list(accepted_updates([Reply("1", 1, "fit", np.array(values, np.float32), 3)], ctx, tally))
+
+    assert (tally.rejected.get("1") == "update contains NaN or Inf") is refused
+    assert (tally.accepted == ["1"]) is not refused
 
 
 def test_a_round_with_fewer_updates_than_the_minimum_fails_clearly() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import logging
 import math
 import re
@@ -79,6 +80,11 @@ class RoundContext:
     num_clients: int = 0
     state: Any = None
     bounds: UpdateBounds = UpdateBounds()
+
+    @functools.cached_property
+    def selected_ids(self) -> frozenset[str]:
+        """``selected`` as a set, made once per round: a reply is checked against it."""
+        return frozenset(self.selected)
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,7 @@ def fit_problem(reply: Reply, ctx: RoundContext, seen: set[str], dim: int) -> st
     """Why a fit reply must be refused, or None when it is acceptable."""
     if REFUSED in reply.payload:
         return reply.payload[REFUSED].decode(errors="replace")
-    if reply.client_id not in ctx.selected:
+    if reply.client_id not in ctx.selected_ids:
         return "client was not selected for this round"
     if reply.client_id in seen:
         return "a second update in the same round"
@@ -185,7 +191,11 @@ def fit_problem(reply: Reply, ctx: RoundContext, seen: set[str], dim: int) -> st
         return f"update has dtype {vec.dtype} shape {vec.shape}; expected float32 ({dim},)"
     if reply.num_examples <= 0:
         return f"num_examples is {reply.num_examples}; it must be positive"
-    if not np.isfinite(vec).all():
+    # a NaN or an infinity makes the sum of squares one (one BLAS pass, no temporary); a huge
+    # but finite update can too, so only then is every element looked at
+    with np.errstate(over="ignore", invalid="ignore"):
+        squares = float(np.dot(vec, vec))
+    if not math.isfinite(squares) and not np.isfinite(vec).all():
         return "update contains NaN or Inf"
     return None
 
