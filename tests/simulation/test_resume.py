@@ -123,6 +123,24 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, capsys, caplog) 
     assert "complete (3 of 3 rounds): nothing to resume; give --rounds N" in caplog.text
 
 
+def test_resume_refuses_another_trainer_than_the_runs_and_leaves_the_run_as_it_was(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a run of the user's own 10-class trainer
+    from fedloom.client import LinearTrainer
+
+    fedloom.simulate(dataset="digits", clients=5, rounds=1, out=str(tmp_path),
+                     trainer=LinearTrainer(64, 10))  # fmt: skip
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    # Execute and assert: without it, and with a 12-class one
+    with pytest.raises(ConfigError, match="trained your own trainer; give the same trainer="):
+        fedloom.simulate(out=str(tmp_path), rounds=2, resume=True)
+    with pytest.raises(ConfigError, match="a model of 650 parameters; this trainer's has 780"):
+        fedloom.simulate(out=str(tmp_path), rounds=2, resume=True, trainer=LinearTrainer(64, 12))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == kept
+
+
 def _rounds_written(out: Path) -> int:
     try:
         return len(json.loads((out / "history.json").read_text())["rounds"])

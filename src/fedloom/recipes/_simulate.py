@@ -361,6 +361,10 @@ def _simulate(
     launch: WorkerLaunch | None,
     kept: tuple[RunStore, RoundState] | None,
 ) -> RunResult:
+    if kept is not None and cfg.model == "custom" and trainer is None:
+        raise ConfigError(
+            f"the run in {cfg.out} trained your own trainer; give the same trainer= to resume it"
+        )
     ds = dataset or builtin_dataset(cfg)
     if dataset is not None:
         cfg = cfg.replace(dataset=ds.name, clients=ds.num_clients, partition=None)
@@ -384,6 +388,11 @@ def _simulate(
     bar = None
     store, state = kept if kept is not None else (None, None)
     try:  # from here on, the fleet's workers (processes, Ray actors) are released on any exit
+        if store is not None and store.spec() != tr.spec:  # before anything is written
+            raise ConfigError(
+                f"the run in {cfg.out} trained a model of {store.spec().size} parameters; "
+                f"this trainer's has {tr.spec.size}: give the trainer the run was started with"
+            )
         if cfg.out is not None:
             check_out_dir(cfg.out)
             atomic_write(Path(cfg.out) / "config.toml", cfg.to_toml().encode())
@@ -392,11 +401,6 @@ def _simulate(
             if store is None:
                 store = _new_store(Path(cfg.out) / RUN_DB)
                 store.create_run(cfg.to_dict(), tr.spec, tr.init_parameters(cfg.seed))
-            elif store.spec() != tr.spec:
-                raise ConfigError(
-                    f"the run in {cfg.out} trained a model of {store.spec().size} parameters; "
-                    f"this trainer's has {tr.spec.size}: give the trainer the run was started with"
-                )
             elif store.run_config().get("rounds") != cfg.rounds:
                 store.update_config(cfg.to_dict())
         resumed, clients = loop_state(state) if state is not None else (None, {})
