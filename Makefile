@@ -2,10 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Dev extras, Ray (for the multi-node test), ONNX (for the export test) and the CPU build of
-# PyTorch (torch>=2.2,<2.14 admits the local 2.13.0 CPU wheel);
-# the demo needs only PyTorch.
-EXTRAS ?= torch,ray,onnx,dev
+# Dev extras, Ray (for the multi-node test), ONNX (for the export test), TensorBoard and MLflow
+# (for the trackers' tests) and the CPU build of PyTorch (torch>=2.2,<2.14 admits the local
+# 2.13.0 CPU wheel); the demo needs only PyTorch.
+EXTRAS ?= torch,ray,onnx,tensorboard,mlflow,dev
 DEMO_OUT ?= runs/demo
 
 .PHONY: install demo test test-fast test-slow lint bench clean

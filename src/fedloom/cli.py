@@ -161,6 +161,13 @@ def _run_settings(sim: argparse.ArgumentParser, *, simulation: bool) -> None:
     dp.add_argument("--delta", type=float, help="the delta epsilon is reported at (1/N^1.1)")
     dp.add_argument("--target-epsilon", type=float, help="stop before epsilon passes this")
     dp.add_argument("--accountant", choices=("rdp", "pld"), help="dp-accounting's (rdp)")
+    sim.add_argument(
+        "--log",
+        action="append",
+        metavar="TRACKER",
+        help="report the run to an experiment tracker (repeatable): tensorboard:DIR, mlflow "
+        "(MLflow's default tracking URI) or mlflow:TRACKING_URI",
+    )
     if not simulation:
         return
     local = sim.add_argument_group("differential privacy (record level, on each client)")
@@ -441,7 +448,7 @@ def _deploy_parsers(sub: Any) -> None:
 _NOT_SETTINGS = {
     "command", "config", "quiet", "address", "certs", "insecure", "round_timeout",
     "wait_for_clients", "resume", "trainer", "heartbeat_timeout", "test_data", "label", "classes",
-    "overwrite", "fill_missing", "features",
+    "overwrite", "fill_missing", "features", "log",
 }  # fmt: skip
 
 
@@ -532,7 +539,7 @@ def _server(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     with _sigterm_as_interrupt():
-        result = serve(config, net)
+        result = serve(config, net, args.log or ())
     _closing(result, time.perf_counter() - started)
     return 0
 
@@ -644,10 +651,12 @@ def _simulate(args: argparse.Namespace) -> int:
         )
     started = time.perf_counter()
     with _sigterm_as_interrupt():
+        loggers = args.log or ()
         if args.resume:
-            result = simulate(progress=not args.quiet, resume=True, **_given(args))
+            result = simulate(progress=not args.quiet, resume=True, loggers=loggers,
+                              **_given(args))  # fmt: skip
         else:
-            result = simulate(config, progress=not args.quiet)
+            result = simulate(config, progress=not args.quiet, loggers=loggers)
     _closing(result, time.perf_counter() - started)
     if config.out:
         print(f"history, model and config written to {config.out}/")

@@ -117,6 +117,11 @@ def test_a_client_of_a_server_not_up_yet_retries_and_says_so_sparingly(capsys) -
         (["--address", "127.0.0.1", "--insecure"], "has no port"),
         (["--certs", "no-such-folder"], "no-such-folder"),
         (["--resume", "--insecure"], "does not exist; start the run without --resume"),
+        (
+            ["--log", "mlflow:http://127.0.0.1:9", "--insecure"],
+            "--log mlflow: cannot use the tracking store at http://127.0.0.1:9",
+        ),
+        (["--log", "wandb", "--insecure"], "unknown logger 'wandb'"),
     ],
 )
 def test_a_server_start_up_mistake_is_one_line_and_leaves_nothing_on_disk(

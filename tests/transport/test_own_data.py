@@ -70,14 +70,22 @@ def test_three_sites_train_on_their_own_csv_files_and_the_server_on_its_test_set
     for site in range(3):
         _write_csv(tmp_path / f"site{site}.csv", 120, seed=site, names=True, hole=site == 1)
     _write_csv(tmp_path / "test.csv", 200, seed=9, names=True)
-    server, port = _server(fedloom, "--rounds", "3", "--lr", "0.5", "--test-data", "test.csv")
+    server, port = _server(fedloom, "--rounds", "3", "--lr", "0.5", "--test-data", "test.csv",
+                           "--log", "tensorboard:tb")  # fmt: skip
 
     # Execute
     history = _federate(fedloom, server, port, "--fill-missing", "mean")
 
-    # Assert: every round with the three sites, evaluated on the server's own test set
+    # Assert: every round with the three sites, evaluated on the server's own test set, and
+    # told to TensorBoard (read back with its own reader)
     assert [(r["round"], r["clients"]) for r in history] == [(1, 3), (2, 3), (3, 3)]
     assert history[-1]["accuracy"] > 0.85, fedloom.logs()  # chance is about 0.5
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("accuracy")]
+    assert logged == [(r["round"], pytest.approx(r["accuracy"], rel=1e-6)) for r in history]
     with RunStore(tmp_path / "run" / "run.db") as store:
         assert store.spec().size == FEATURES * 2 + 2  # logreg, 4 features, 2 classes
 

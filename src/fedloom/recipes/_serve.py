@@ -13,6 +13,7 @@ import importlib
 import logging
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +32,7 @@ from fedloom.recipes._plan import RunPlan, cohort_size, local_sgd, plan
 from fedloom.recipes._simulate import stopper
 from fedloom.recipes._use import check_out_dir, write_model_file
 from fedloom.server import RoundState, RunResult, RunStore, run_rounds
+from fedloom.tracking import Loggers, RunLogger
 
 __all__ = ["ServeSettings", "load_trainer", "model_description", "serve", "serve_client"]
 
@@ -100,7 +102,9 @@ def _tls(certs: str | None, insecure: bool, who: str) -> tuple[bytes, bytes, byt
     return creds.load()
 
 
-def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
+def serve(
+    cfg: SimulationConfig, net: ServeSettings, loggers: Sequence[RunLogger | str] = ()
+) -> RunResult:
     """Run (or with ``net.resume``, continue) a federated training over gRPC.
 
     Everything that can be wrong before serving (the address, the certificates, the settings,
@@ -111,6 +115,9 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
     run after its last committed round: the clients are told the server pauses, so they keep
     retrying and a ``--resume`` finds them, and the result says where it stopped. A run that
     fails tells its clients so, and they exit with an error.
+
+    ``loggers`` (as for :func:`~fedloom.recipes.simulate`) start before the server listens, so
+    a tracker that cannot be reached is refused before anything is served or written.
     """
     from fedloom.transport import GrpcFleet, ServerOptions, check_address, start_server
 
@@ -120,6 +127,7 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
     _check_times(net)
     check_out_dir(cfg.out)
     tls = _tls(net.certs, net.insecure, "server")
+    tracked = Loggers(loggers)
     db = Path(cfg.out) / RUN_DB
     store: RunStore | None = None
     try:
@@ -174,7 +182,12 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
             revoked=_revocation(net.certs),
             heartbeat_seconds=net.heartbeat_timeout / 4,  # a lost beat or two is no departure
         )
-        server, port = start_server(fleet, options)
+        tracked.start(cfg.to_dict())
+        try:
+            server, port = start_server(fleet, options)
+        except BaseException:
+            tracked.finish(None, ok=False)
+            raise
         outcome = "failed"
         try:
             if store is None:  # serving now: the run starts on disk
@@ -201,7 +214,7 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
                     "of your own",
                     cfg.dataset,
                 )
-            result = _rounds(store, state, run, fleet, net, trainer, test)
+            result = _rounds(store, state, run, fleet, net, trainer, test, tracked)
             outcome = "done"
             return result
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the command line
@@ -216,6 +229,7 @@ def serve(cfg: SimulationConfig, net: ServeSettings) -> RunResult:
             )
             return RunResult(latest.parameters, latest.history, why)
         finally:
+            tracked.finish(cfg.out, ok=outcome == "done")
             fleet.finish(outcome)
             # every client still there hears how the run ended (a silent one is waited for
             # up to its heartbeat timeout, at most 10 s)
@@ -300,8 +314,9 @@ def _rounds(
     net: ServeSettings,
     trainer: Trainer,
     test: ArrayData | None,
+    tracked: Loggers,
 ) -> RunResult:
-    """The served run's rounds, each committed to ``store``."""
+    """The served run's rounds, each committed to ``store`` and told to ``tracked``."""
     cfg, privacy = run.config, run.privacy
     if privacy is not None:
         privacy.replay(state.history)
@@ -327,6 +342,7 @@ def _rounds(
         spec=trainer.spec,
         resume=resume,
         on_commit=committer(store),
+        on_round=tracked,
         stop=stopper(cfg, privacy),
         round_metrics=privacy.metrics if privacy is not None else None,
     )

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,7 +23,7 @@ from fedloom.client import (
 from fedloom.config import SimulationConfig
 from fedloom.data import FederatedDataset, load_dataset
 from fedloom.errors import ConfigError
-from fedloom.messages import EvalResult
+from fedloom.messages import EvalResult, RoundRecord
 from fedloom.models import make_trainer
 from fedloom.params import Vector
 from fedloom.privacy import LocalDP, RunPrivacy
@@ -48,7 +48,7 @@ from fedloom.strategy import (
     requirement,
     round_half_up,
 )
-from fedloom.tracking import History, ProgressBar
+from fedloom.tracking import History, Loggers, ProgressBar, RunLogger
 
 __all__ = ["builtin_dataset", "builtin_trainer", "conditions_for", "simulate", "stopper"]
 
@@ -257,6 +257,7 @@ def simulate(
     strategy: Strategy | str | None = None,
     progress: bool | TextIO = False,
     resume: bool = False,
+    loggers: Sequence[RunLogger | str] = (),
     **settings: Any,
 ) -> RunResult:
     """Run a federated simulation and return the final model and its history.
@@ -276,6 +277,10 @@ def simulate(
         may also be names, like the settings of the same name.
     progress
         Show a progress bar over rounds (on stderr, or on the given stream).
+    loggers
+        Experiment trackers told the settings, every round and the results
+        (:class:`~fedloom.tracking.RunLogger`; or ``--log`` specs such as
+        ``"tensorboard:runs/tb"``, ``"mlflow:sqlite:///mlflow.db"``).
     resume
         Continue the run kept in ``out`` with its own settings; of the settings given, only
         ``rounds`` (to extend it) and where it runs (``workers``, ``engine``, ``ray_address``,
@@ -296,6 +301,7 @@ def simulate(
     if isinstance(strategy, str):
         settings["strategy"], strategy = strategy, None
     cfg = (config or SimulationConfig()).replace(**settings)
+    tracked = Loggers(loggers)
     kept: tuple[RunStore, RoundState] | None = None
     if resume:
         store, cfg, state = _reopen(cfg, config, settings)
@@ -306,7 +312,7 @@ def simulate(
         torch_model = cfg.model in ("mlp", "cnn") or isinstance(trainer, TorchTrainer)
         launch = WorkerLaunch(cfg.workers, preload=("fedloom.recipes", "torch")[: 1 + torch_model])
     try:
-        return _simulate(cfg, dataset, trainer, strategy, progress, launch, kept)
+        return _simulate(cfg, dataset, trainer, strategy, progress, launch, kept, tracked)
     finally:
         if launch is not None:
             launch.close()
@@ -360,6 +366,7 @@ def _simulate(
     progress: bool | TextIO,
     launch: WorkerLaunch | None,
     kept: tuple[RunStore, RoundState] | None,
+    tracked: Loggers,
 ) -> RunResult:
     if kept is not None and cfg.model == "custom" and trainer is None:
         raise ConfigError(
@@ -387,12 +394,15 @@ def _simulate(
 
     bar = None
     store, state = kept if kept is not None else (None, None)
+    finished: bool | None = None  # None until the loggers have started
     try:  # from here on, the fleet's workers (processes, Ray actors) are released on any exit
         if store is not None and store.spec() != tr.spec:  # before anything is written
             raise ConfigError(
                 f"the run in {cfg.out} trained a model of {store.spec().size} parameters; "
                 f"this trainer's has {tr.spec.size}: give the trainer the run was started with"
             )
+        tracked.start(cfg.to_dict())  # an unreachable tracker stops the run here
+        finished = False
         if cfg.out is not None:
             check_out_dir(cfg.out)
             atomic_write(Path(cfg.out) / "config.toml", cfg.to_toml().encode())
@@ -419,9 +429,15 @@ def _simulate(
             commit = committer(
                 store, base.client_states if isinstance(base, ClientStates) else None
             )
+
+        def on_round(record: RoundRecord) -> None:
+            if bar is not None:
+                bar(record)
+            tracked.log_round(record)
+
         # after the trainer is made, so that torch (if it uses it) is imported by now
         with _torch_threads(1):
-            return run_rounds(
+            result = run_rounds(
                 fleet,
                 run.strategy,
                 resumed.parameters if resumed is not None else tr.init_parameters(cfg.seed),
@@ -433,13 +449,16 @@ def _simulate(
                 bounds=cfg.update_bounds(),
                 out_dir=cfg.out,
                 spec=tr.spec,
-                on_round=bar,
+                on_round=on_round,
                 run_info=run_info,
                 stop=stopper(cfg, run.privacy),
                 round_metrics=run.privacy.metrics if run.privacy is not None else None,
                 resume=resumed,
                 on_commit=commit,
             )
+        finished = True
+        tracked.finish(cfg.out, ok=True)
+        return result
     except KeyboardInterrupt:
         if store is not None:
             log.warning(
@@ -448,6 +467,8 @@ def _simulate(
             )
         raise
     finally:
+        if finished is False:  # started, and the run did not finish
+            tracked.finish(cfg.out, ok=False)
         fleet.close()
         if bar is not None:
             bar.close()
