@@ -20,7 +20,10 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     ("argv", "message"),
     [
         (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-        (["--model", "resnet"], "unknown model 'resnet'; choose one of: mlp, cnn, logreg"),
+        (
+            ["--model", "resnet"],
+            "unknown model 'resnet'; choose one of: mlp, cnn, logreg, sklearn-sgd",
+        ),
         (["--strategy", "fedfoo"], "unknown strategy 'fedfoo'; choose one of: fedavg"),
         (["--partition", "zipf:2"], "unknown partition"),
         (["--fraction", "1.5"], r"--fraction must be in (0, 1], got 1.5"),

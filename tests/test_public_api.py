@@ -6,9 +6,9 @@ def test_public_api_is_exactly_this() -> None:
         "ArrayData", "ClientApp", "ClientError", "ClientUpdate", "ConfigError", "DataError",
         "FederatedDataset", "FedloomError", "Fleet", "History", "InProcessFleet", "Instruction",
         "LinearTrainer", "ParamSpec", "Reply", "RoundFailedError", "RoundRecord", "RunResult",
-        "SimulationConfig", "Strategy", "TamperedError", "TorchTrainer", "Trainer", "__version__",
-        "fedavg", "from_arrays", "load_checkpoint", "load_dataset", "make_strategy", "run_rounds",
-        "simulate",
+        "SimulationConfig", "SklearnTrainer", "Strategy", "TamperedError", "TorchTrainer",
+        "Trainer", "__version__", "fedavg", "from_arrays", "load_checkpoint", "load_dataset",
+        "make_strategy", "run_rounds", "simulate",
     }  # fmt: skip
     for name in fedloom.__all__:
         assert hasattr(fedloom, name), name

@@ -8,7 +8,7 @@ Examples
 True
 """
 
-from fedloom.client import ClientApp, LinearTrainer, TorchTrainer, Trainer
+from fedloom.client import ClientApp, LinearTrainer, SklearnTrainer, TorchTrainer, Trainer
 from fedloom.config import SimulationConfig
 from fedloom.data import ArrayData, FederatedDataset, from_arrays, load_dataset
 from fedloom.errors import (
@@ -49,6 +49,7 @@ __all__ = [
     "RoundRecord",
     "RunResult",
     "SimulationConfig",
+    "SklearnTrainer",
     "Strategy",
     "TamperedError",
     "TorchTrainer",

@@ -299,8 +299,9 @@ def _audit_parser(sub: Any) -> None:
         "export",
         help="a finished run's model as a PyTorch state dict or ONNX",
         description="Write the final model of a run as a PyTorch state dict: it loads into "
-        "fedloom.models.mlp or cnn with the run's shape (RUN_DIR/model.json), and a logreg "
-        "model into torch.nn.Linear(features, classes). --format onnx writes the same module "
+        "fedloom.models.mlp or cnn with the run's shape (RUN_DIR/model.json), and a logreg or "
+        "sklearn-sgd model into torch.nn.Linear(features, classes). --format onnx writes the same "
+        "module "
         "as ONNX (input x: a batch of examples, flattened except for a cnn; output logits); "
         "it needs fedloom[onnx].",
     )

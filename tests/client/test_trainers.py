@@ -135,7 +135,7 @@ def test_builtin_models_have_the_expected_sizes() -> None:
 
 def test_make_trainer_refuses_unknown_model_and_cnn_on_flat_data() -> None:
     with pytest.raises(
-        ConfigError, match="unknown model 'resnet'; choose one of: mlp, cnn, logreg"
+        ConfigError, match="unknown model 'resnet'; choose one of: mlp, cnn, logreg, sklearn-sgd"
     ):
         make_trainer("resnet", input_shape=(4,), num_classes=2, lr=1, local_epochs=1, batch_size=1)
     with pytest.raises(ConfigError, match="cnn model needs image data"):

@@ -1,4 +1,5 @@
-"""Clients: the trainer protocol, PyTorch and NumPy trainers, the runtime and its mods."""
+"""Clients: the trainer protocol, PyTorch, NumPy and scikit-learn trainers, the runtime and its
+mods."""
 
 from fedloom.client._app import ClientApp
 from fedloom.client._context import ClientContext, Handler, Mod, mod
@@ -13,6 +14,7 @@ from fedloom.client._mods import (
     scaffold_mod,
     secagg_mod,
 )
+from fedloom.client._sklearn import SklearnTrainer
 from fedloom.client._torch import TorchTrainer
 from fedloom.client._trainer import CorrectableTrainer, Trainer, client_seed, proximal_mu
 
@@ -27,6 +29,7 @@ __all__ = [
     "Handler",
     "LinearTrainer",
     "Mod",
+    "SklearnTrainer",
     "TorchTrainer",
     "Trainer",
     "client_chain",

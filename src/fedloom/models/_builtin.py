@@ -1,4 +1,5 @@
-"""Built-in models, by name: ``mlp``, ``cnn`` (PyTorch) and ``logreg`` (NumPy)."""
+"""Built-in models, by name: ``mlp``, ``cnn`` (PyTorch), ``logreg`` (NumPy) and ``sklearn-sgd``
+(scikit-learn's ``SGDClassifier``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from fedloom.client import LinearTrainer, Trainer
+from fedloom.client import LinearTrainer, SklearnTrainer, Trainer
 from fedloom.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EXPORT_FORMATS", "MODELS", "cnn", "make_trainer", "mlp"]
 
-MODELS = ("mlp", "cnn", "logreg")
+MODELS = ("mlp", "cnn", "logreg", "sklearn-sgd")
 """The names ``--model`` accepts."""
 
 EXPORT_FORMATS = ("torch", "onnx")
@@ -79,6 +80,11 @@ def make_trainer(
         return LinearTrainer(
             input_dim, num_classes, lr=lr, local_epochs=local_epochs, batch_size=batch_size
         )
+    if model == "sklearn-sgd":  # logistic regression by scikit-learn's SGD, one example a step
+        from sklearn.linear_model import SGDClassifier
+
+        estimator = SGDClassifier(loss="log_loss", learning_rate="constant", eta0=lr)
+        return SklearnTrainer(estimator, input_dim, num_classes, local_epochs=local_epochs)
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
     try:

@@ -16,6 +16,7 @@ from fedloom.client import (
     DEFAULT_MODS,
     ClientApp,
     Mod,
+    SklearnTrainer,
     TorchTrainer,
     Trainer,
     secagg_mod,
@@ -384,6 +385,12 @@ def _simulate(
         cfg = cfg.replace(model="custom")
     tr = trainer or builtin_trainer(cfg, ds)
     run = plan(cfg, population=ds.num_clients, dim=tr.spec.size, strategy=strategy)
+    if isinstance(tr, SklearnTrainer) and run.strategy.client_config.get("mu"):
+        raise ConfigError(
+            f"{run.strategy.name} adds a proximal term to the clients' loss, and scikit-learn's "
+            "partial_fit has none: use fedavg (or another strategy), or a fedloom trainer "
+            "(logreg, mlp, cnn)"
+        )
     if cfg.local_dp_noise is not None:
         check_local_dp(cfg, tr, ds)
     fleet, base, run_info = _fleet(run, ds, tr, given=(dataset, trainer), launch=launch)

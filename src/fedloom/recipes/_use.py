@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedloom._io import atomic_write
-from fedloom.client import LinearTrainer, TorchTrainer
+from fedloom.client import LinearTrainer, SklearnTrainer, TorchTrainer
 from fedloom.data import ArrayData, load_client_data
 from fedloom.errors import ConfigError, DataError
 from fedloom.models import EXPORT_FORMATS, make_trainer
@@ -164,8 +164,8 @@ def export(
     (``RUN_DIR/model.onnx``).
 
     The state dict loads into ``fedloom.models.mlp(...)`` or ``cnn(...)`` with the run's input
-    shape and classes (``model.json`` says which), and a ``logreg`` model's into
-    ``torch.nn.Linear(features, classes)``. The ONNX graph is that module, written by torch's
+    shape and classes (``model.json`` says which), and a ``logreg`` or ``sklearn-sgd`` model's
+    into ``torch.nn.Linear(features, classes)``. The ONNX graph is that module, written by torch's
     exporter (``fedloom[onnx]``): one float32 input ``x``, of shape ``(batch, *input_shape)`` for
     a ``cnn`` and ``(batch, features)`` (the examples flattened) otherwise, and one output
     ``logits`` of shape ``(batch, classes)``; any batch size.
@@ -208,7 +208,8 @@ def export(
 
 
 def _module(trainer: Any, parameters: np.ndarray) -> Any:
-    """The run's final model as a PyTorch module (a logreg model as ``torch.nn.Linear``)."""
+    """The run's final model as a PyTorch module; a linear model (logreg, sklearn-sgd) as
+    ``torch.nn.Linear(features, classes)``."""
     import torch
 
     if isinstance(trainer, TorchTrainer):
@@ -216,13 +217,20 @@ def _module(trainer: Any, parameters: np.ndarray) -> Any:
         return trainer.model
     if isinstance(trainer, LinearTrainer):
         arrays = trainer.spec.unpack(parameters)
-        classes, features = arrays["weight"].shape
-        linear = torch.nn.Linear(features, classes)
-        linear.load_state_dict(
-            {k: torch.from_numpy(np.array(arrays[k], copy=True)) for k in ("weight", "bias")}
-        )
-        return linear
-    raise ConfigError(f"cannot export a {type(trainer).__name__}")  # make_trainer builds neither
+        weight, bias = arrays["weight"], arrays["bias"]
+    elif isinstance(trainer, SklearnTrainer):
+        arrays = trainer.spec.unpack(parameters)
+        weight, bias = arrays["coef"], arrays["intercept"]
+        if len(weight) == 1:  # scikit-learn's binary layout: class 1's logit against 0's zero
+            weight = np.vstack([np.zeros_like(weight), weight])
+            bias = np.concatenate([np.zeros_like(bias), bias])
+    else:  # make_trainer builds none other
+        raise ConfigError(f"cannot export a {type(trainer).__name__}")
+    classes, features = weight.shape
+    linear = torch.nn.Linear(features, classes)
+    state = {"weight": np.array(weight, copy=True), "bias": np.array(bias, copy=True)}
+    linear.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    return linear
 
 
 def _write_onnx(module: Any, input_shape: tuple[int, ...], path: Path) -> None:
