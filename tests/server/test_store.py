@@ -61,6 +61,14 @@ def test_create_run_is_round_zero_with_the_initial_model(tmp_path: Path) -> None
         assert state.parameters.dtype == np.float32 and state.parameters.flags.writeable
 
 
+def test_the_store_and_its_log_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "run.db") as s:
+        s.create_run(CONFIG, SPEC, _model(0))
+        _commit(s, 1)
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes["run.db"] == 0o600 and modes.get("run.db-wal", 0o600) == 0o600, modes
+
+
 def test_three_rounds_come_back_exactly(store: RunStore) -> None:
     for r in (1, 2, 3):
         _commit(store, r, {"malicious_clients": ["b"]} if r == 2 else None)
