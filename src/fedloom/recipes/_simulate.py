@@ -408,10 +408,11 @@ def _simulate(
                 f"the run in {cfg.out} trained a model of {store.spec().size} parameters; "
                 f"this trainer's has {tr.spec.size}: give the trainer the run was started with"
             )
+        if cfg.out is not None:
+            check_out_dir(cfg.out)
         tracked.start(cfg.to_dict())  # an unreachable tracker stops the run here
         finished = False
         if cfg.out is not None:
-            check_out_dir(cfg.out)
             atomic_write(Path(cfg.out) / "config.toml", cfg.to_toml().encode())
             described = {"input_shape": list(ds.input_shape), "num_classes": ds.num_classes}
             write_model_file(cfg.out, {"model": cfg.model, **described})
