@@ -92,6 +92,8 @@ def test_a_secure_aggregation_run_gives_the_plain_runs_model_within_the_encoding
 def test_what_it_cannot_do_is_refused_with_the_reason() -> None:
     with pytest.raises(ConfigError, match="LogisticRegression cannot continue from a global"):
         SklearnTrainer(LogisticRegression(), 30, 2)
+    with pytest.raises(ConfigError, match=r"SklearnTrainer.fit takes no correction= argument"):
+        fedloom.simulate(model="sklearn-sgd", strategy="scaffold", **{**RUN, "rounds": 1})
     with pytest.raises(ConfigError, match="fedprox adds a proximal term to the clients' loss"):
         fedloom.simulate(model="sklearn-sgd", strategy="fedprox", **{**RUN, "rounds": 1})
 

@@ -82,6 +82,18 @@ def test_the_clients_own_state_is_what_makes_a_resumed_scaffold_run_exact(
     assert not np.array_equal(forgetful.parameters, whole.parameters)
 
 
+def test_a_kept_secure_aggregation_run_holds_no_client_state_between_rounds(
+    tmp_path: Path,
+) -> None:
+    # a round's keys are over with the round, and the fixed-point link keeps no state
+    from fedloom.recipes._kept import loop_state
+
+    fedloom.simulate(dataset="digits", model="logreg", clients=6, rounds=2, out=str(tmp_path),
+                     secure_aggregation="secagg")  # fmt: skip
+    with RunStore(tmp_path / "run.db") as store:
+        assert loop_state(store.latest())[1] == {}
+
+
 def test_a_run_that_stopped_early_stays_stopped_when_resumed(tmp_path: Path) -> None:
     common = {"dataset": "digits", "model": "logreg", "clients": 5, "stop_at_accuracy": 0.5}
     first = fedloom.simulate(rounds=20, out=str(tmp_path), **common)

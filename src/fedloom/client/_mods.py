@@ -45,6 +45,7 @@ __all__ = [
     "LOCAL_DP_STATE_KEY",
     "SCAFFOLD_STATE_KEY",
     "client_chain",
+    "is_correctable",
     "local_dp_mod",
     "scaffold_mod",
     "secagg_mod",
@@ -99,7 +100,10 @@ def _secagg(ctx: ClientContext, ins: Instruction, call_next: Handler) -> Reply:
     if states is None:
         states = list(chain.init(trained.vector.shape[0]))
     encoded, states = chain.encode(update, states)
-    ctx.state[_CHAIN_STATE_KEY] = states
+    if any(s is not None for s in states):
+        ctx.state[_CHAIN_STATE_KEY] = states
+    else:  # no link keeps state: nothing for the client (or a kept run) to hold
+        ctx.state.pop(_CHAIN_STATE_KEY, None)
     return advertise(ctx.client_id, ctx.state, ins, settings, encoded.vector, encoding.modulus_bits)
 
 
@@ -146,6 +150,11 @@ def _local_dp(ctx: ClientContext, ins: Instruction, call_next: Handler) -> Reply
 
 local_dp_mod: Mod = mod()(_local_dp)
 """Local DP's accounting (see :mod:`fedloom.privacy._local`)."""
+
+
+def is_correctable(trainer: Trainer) -> bool:
+    """Whether ``trainer.fit`` takes SCAFFOLD's ``correction=`` (a :class:`CorrectableTrainer`)."""
+    return _correctable(trainer) is not None
 
 
 def _correctable(trainer: Trainer) -> CorrectableTrainer | None:

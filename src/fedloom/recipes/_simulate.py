@@ -19,6 +19,7 @@ from fedloom.client import (
     SklearnTrainer,
     TorchTrainer,
     Trainer,
+    is_correctable,
     secagg_mod,
 )
 from fedloom.config import SimulationConfig
@@ -44,6 +45,7 @@ from fedloom.simulation import (
 )
 from fedloom.strategy import (
     NumberedClients,
+    ScaffoldRound,
     Strategy,
     required_updates,
     requirement,
@@ -385,6 +387,12 @@ def _simulate(
         cfg = cfg.replace(model="custom")
     tr = trainer or builtin_trainer(cfg, ds)
     run = plan(cfg, population=ds.num_clients, dim=tr.spec.size, strategy=strategy)
+    if isinstance(run.strategy.mechanism, ScaffoldRound) and not is_correctable(tr):
+        raise ConfigError(
+            f"SCAFFOLD corrects every local step, and {type(tr).__name__}.fit takes no "
+            "correction= argument: use another strategy, or a trainer that does (logreg, mlp, "
+            "cnn)"
+        )
     if isinstance(tr, SklearnTrainer) and run.strategy.client_config.get("mu"):
         raise ConfigError(
             f"{run.strategy.name} adds a proximal term to the clients' loss, and scikit-learn's "
