@@ -301,15 +301,23 @@ def _audit_parser(sub: Any) -> None:
         description="Write the final model of a run as a PyTorch state dict: it loads into "
         "fedloom.models.mlp or cnn with the run's shape (RUN_DIR/model.json), and a logreg or "
         "sklearn-sgd model into torch.nn.Linear(features, classes). --format onnx writes the same "
-        "module "
-        "as ONNX (input x: a batch of examples, flattened except for a cnn; output logits); "
-        "it needs fedloom[onnx].",
+        "module as ONNX (input x: a batch of examples, flattened except for a cnn; output "
+        "logits); it needs fedloom[onnx].",
     )
     export.add_argument("run_dir", metavar="RUN_DIR", help="the run's --out folder")
     export.add_argument("--format", choices=EXPORT_FORMATS, help="torch (the default) or onnx; "
                         "an --out ending in .onnx means onnx")  # fmt: skip
     export.add_argument("--out", metavar="FILE",
                         help="where to write it (RUN_DIR/model.pt or model.onnx)")  # fmt: skip
+    status = sub.add_parser(
+        "status",
+        help="where a run stands, live or finished, from its run.db",
+        description="Print where a run kept in RUN_DIR/run.db stands (a fedloom server's, or a "
+        "simulation with --out), while it runs or after: the rounds committed of those "
+        "planned, the last round's numbers, and each client's part (rounds accepted, rejected "
+        "and dropped, and the last round it was selected for).",
+    )
+    status.add_argument("run_dir", metavar="RUN_DIR", help="the run's --out folder")
 
 
 def _deploy_parsers(sub: Any) -> None:
@@ -684,6 +692,30 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from fedloom.recipes import run_status
+
+    found = run_status(args.run_dir)
+    lines = [f"run {found.run_id}: {found.rounds_done} of {found.rounds_planned} rounds committed"]
+    if found.history.rounds:
+        last = found.history.rounds[-1]
+        scored = f", accuracy {last.accuracy:.4f}" if last.accuracy is not None else ""
+        lines.append(
+            f"round {last.round}: {last.clients} client(s) accepted{scored}, {last.seconds:.2f} s"
+        )
+    lines.append(f"{len(found.clients)} client(s) have taken part")
+    if found.clients:
+        lines.append(f"  {'client':<16} {'accepted':>8} {'rejected':>8} {'dropped':>8} {'last':>6}")
+        for client_id in sorted(found.clients, key=lambda c: (len(c), c)):
+            c = found.clients[client_id]
+            lines.append(
+                f"  {client_id:<16} {c.accepted:>8} {c.rejected:>8} {c.dropped:>8} "
+                f"{c.last_round:>6}"
+            )
+    print("\n".join(lines))
+    return 0
+
+
 def _held_out(train: Any, fraction: float, client_id: str) -> Any:
     """A client's own examples split into training and a held-out share, seeded by its id."""
     import zlib
@@ -732,6 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = {
             "simulate": _simulate, "privacy": _privacy, "certs": _certs, "server": _server,
             "client": _client, "audit": _audit, "predict": _predict, "export": _export,
+            "status": _status,
         }  # fmt: skip
         return commands[args.command](args)
     except (ConfigError, DataError) as exc:

@@ -5,10 +5,12 @@
 SGD, sampling, the strategy with its update chain and round mechanism, the privacy ledger);
 :func:`simulate` runs a plan on one machine, :func:`serve` over gRPC, :func:`serve_client` joins
 a served run, :func:`audit_run` attacks a finished simulation's model, and :func:`predict` and
-:func:`export` use a finished run's model.
+:func:`export` use a finished run's model, and :func:`run_status` says where a kept run
+stands.
 """
 
 from fedloom.recipes._audit import RunAudit, audit_run
+from fedloom.recipes._kept import RunStatus, run_status
 from fedloom.recipes._plan import (
     RunPlan,
     cohort_size,
@@ -31,6 +33,7 @@ __all__ = [
     "Predictions",
     "RunAudit",
     "RunPlan",
+    "RunStatus",
     "ServeSettings",
     "audit_run",
     "builtin_dataset",
@@ -43,6 +46,7 @@ __all__ = [
     "model_description",
     "plan",
     "predict",
+    "run_status",
     "sampler_for",
     "serve",
     "serve_client",

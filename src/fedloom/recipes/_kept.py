@@ -7,16 +7,26 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedloom.config import SimulationConfig
 from fedloom.errors import ConfigError, DataError
 from fedloom.secagg import STATE_KEY as SECAGG_STATE_KEY
-from fedloom.server import Commit, LoopState, Participation, RoundState, RunStore
+from fedloom.server import ClientRecord, Commit, LoopState, Participation, RoundState, RunStore
 from fedloom.strategy import RoundOutcome
+from fedloom.tracking import History
 
-__all__ = ["RUN_DB", "committer", "loop_state", "participation", "reopen"]
+__all__ = [
+    "RUN_DB",
+    "RunStatus",
+    "committer",
+    "loop_state",
+    "participation",
+    "reopen",
+    "run_status",
+]
 
 RUN_DB = "run.db"
 """The run store's name in a run's folder."""
@@ -104,3 +114,33 @@ def participation(outcome: RoundOutcome, selected: Sequence[str]) -> list[Partic
     seen = set(outcome.accepted) | set(outcome.rejected)
     rows += [Participation(c, "fit", "dropped") for c in selected if c not in seen]
     return rows
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Where a kept run stands, read from its ``run.db`` while it runs or after: its id, the
+    rounds committed of those planned, every committed round's record, and each client's part.
+    """
+
+    run_id: str
+    rounds_done: int
+    rounds_planned: int
+    history: History
+    clients: dict[str, ClientRecord]
+
+
+def run_status(run_dir: str | Path) -> RunStatus:
+    """The status of the run kept in ``run_dir`` (``fedloom status``); a live run is read
+    without disturbing it (SQLite's write-ahead log lets a reader in beside the writer)."""
+    db = Path(run_dir) / RUN_DB
+    if not db.is_file():
+        raise DataError(
+            f"{run_dir} holds no {RUN_DB}; give the --out folder of a fedloom server run or of "
+            "a simulation kept with --out"
+        )
+    with RunStore(db) as store:
+        if store.run_id is None:
+            raise DataError(f"{db} holds no run yet")
+        state = store.latest()
+        planned = int(store.run_config().get("rounds", state.round))
+        return RunStatus(str(store.run_id), state.round, planned, state.history, store.taken_part())

@@ -3,10 +3,11 @@
 from fedloom.server._checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedloom.server._fleet import Fleet
 from fedloom.server._loop import Commit, Evaluator, LoopState, RunResult, run_rounds
-from fedloom.server._store import Participation, RoundState, RunStore
+from fedloom.server._store import ClientRecord, Participation, RoundState, RunStore
 
 __all__ = [
     "Checkpoint",
+    "ClientRecord",
     "Commit",
     "Evaluator",
     "Fleet",

@@ -34,7 +34,7 @@ from fedloom.messages import RoundRecord
 from fedloom.params import ParamSpec, Vector
 from fedloom.tracking import History
 
-__all__ = ["Participation", "RoundState", "RunStore"]
+__all__ = ["ClientRecord", "Participation", "RoundState", "RunStore"]
 
 _APPLICATION_ID = 0x464C4F4D  # "FLOM": marks the file as a fedloom run store
 _SCHEMA_VERSION = 1
@@ -83,6 +83,17 @@ class Participation:
     def __post_init__(self) -> None:
         if self.status not in _STATUSES:
             raise ConfigError(f"participation status {self.status!r} is not one of {_STATUSES}")
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """One client's part in a run: rounds whose update was accepted, rejected or dropped, and
+    the last round it was selected for."""
+
+    accepted: int
+    rejected: int
+    dropped: int
+    last_round: int
 
 
 class RunStore:
@@ -292,6 +303,24 @@ class RunStore:
             (round,),
         )
         return [Participation(*row) for row in rows]
+
+    def taken_part(self) -> dict[str, ClientRecord]:
+        """Each client's part in the run so far (its fit phases), by client id."""
+        rows = self._con.execute(
+            "SELECT client_id, status, count(*), max(round) FROM participation "
+            "WHERE phase = 'fit' GROUP BY client_id, status"
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for client_id, status, count, last in rows:
+            seen = counts.setdefault(client_id, {"last": 0})
+            seen[status] = count
+            seen["last"] = max(seen["last"], last)
+        return {
+            c: ClientRecord(
+                v.get("accepted", 0), v.get("rejected", 0), v.get("dropped", 0), v["last"]
+            )
+            for c, v in counts.items()
+        }
 
     def close(self) -> None:
         """Close the database; committed rounds are already on disk."""
