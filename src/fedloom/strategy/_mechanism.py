@@ -174,30 +174,37 @@ def usable_metrics(reply: Reply) -> dict[str, float]:
     return kept
 
 
-def fit_problem(reply: Reply, ctx: RoundContext, seen: set[str], dim: int) -> str | None:
-    """Why a fit reply must be refused, or None when it is acceptable."""
+def fit_problem(
+    reply: Reply, ctx: RoundContext, seen: set[str], dim: int
+) -> tuple[str | None, np.float32]:
+    """Why a fit reply must be refused (None when it is acceptable), and the sum of squares of
+    an acceptable update, in float32: what the norm screen takes the root of (infinite when a
+    huge but finite update overflows it)."""
+    unchecked = np.float32("nan")
     if REFUSED in reply.payload:
-        return reply.payload[REFUSED].decode(errors="replace")
+        return reply.payload[REFUSED].decode(errors="replace"), unchecked
     if reply.client_id not in ctx.selected_ids:
-        return "client was not selected for this round"
+        return "client was not selected for this round", unchecked
     if reply.client_id in seen:
-        return "a second update in the same round"
+        return "a second update in the same round", unchecked
     if reply.round != ctx.round or reply.phase != "fit":
-        return f"answers round {reply.round} phase {reply.phase!r}, expected {ctx.round} 'fit'"
+        wrong = f"answers round {reply.round} phase {reply.phase!r}, expected {ctx.round} 'fit'"
+        return wrong, unchecked
     vec = reply.vector
     if vec is None:
-        return "no update vector"
+        return "no update vector", unchecked
     if vec.dtype != np.float32 or vec.shape != (dim,):
-        return f"update has dtype {vec.dtype} shape {vec.shape}; expected float32 ({dim},)"
+        shape = f"update has dtype {vec.dtype} shape {vec.shape}; expected float32 ({dim},)"
+        return shape, unchecked
     if reply.num_examples <= 0:
-        return f"num_examples is {reply.num_examples}; it must be positive"
+        return f"num_examples is {reply.num_examples}; it must be positive", unchecked
     # a NaN or an infinity makes the sum of squares one (one BLAS pass, no temporary); a huge
     # but finite update can too, so only then is every element looked at
     with np.errstate(over="ignore", invalid="ignore"):
-        squares = float(np.dot(vec, vec))
+        squares = np.float32(np.dot(vec, vec))
     if not math.isfinite(squares) and not np.isfinite(vec).all():
-        return "update contains NaN or Inf"
-    return None
+        return "update contains NaN or Inf", unchecked
+    return None, squares
 
 
 def accepted_updates(
@@ -221,12 +228,12 @@ def accepted_updates(
 
     def screened() -> Iterator[Reply]:
         for reply in replies:
-            problem = fit_problem(reply, ctx, seen, dim)
+            problem, squares = fit_problem(reply, ctx, seen, dim)
             if problem is not None or reply.vector is None:
                 tally.reject(reply.client_id, problem or "no update vector", ctx.round)
                 continue
             seen.add(reply.client_id)
-            yield from screen.admit(reply)
+            yield from screen.admit(reply, squares)
         yield from screen.rest()
 
     for passed in screened():
@@ -268,14 +275,14 @@ class _NormScreen:
         self.norms: list[float] = []  # sorted: every norm seen this round
         self.held: list[tuple[Reply, float]] = []
 
-    def admit(self, reply: Reply) -> list[Reply]:
-        """The replies that pass now (this one, or it and the held ones); refusals tallied."""
+    def admit(self, reply: Reply, squares: np.float32) -> list[Reply]:
+        """The replies that pass now (this one, or it and the held ones); refusals tallied.
+        ``squares`` is the update's sum of squares (:func:`fit_problem`'s)."""
         assert reply.vector is not None
         limit, multiple = self.bounds.max_norm, self.bounds.norm_multiple
         if limit is None and multiple is None:
             return [reply]  # no bound to judge it by: its norm is not needed
-        with np.errstate(over="ignore"):
-            norm = float(np.linalg.norm(reply.vector))
+        norm = float(np.sqrt(squares))  # numpy's norm of a float32 vector, computed once
         if not math.isfinite(norm):  # past float32's range: its size, for the reason
             norm = float(np.linalg.norm(reply.vector.astype(np.float64)))
         if limit is not None and not norm <= limit:
